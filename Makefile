@@ -1,0 +1,27 @@
+# The two entry points README.md promises: `make run` and `make test`, both from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build on this project's machines; GPU users can point TORCH_SPEC at their own build (or preinstall torch).
+TORCH_SPEC ?= torch==2.13.0
+PROMPT ?= a red circle on a white background
+
+.PHONY: setup run test lint
+
+$(BIN)/sfumato: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(BIN)/sfumato
+
+setup: $(BIN)/sfumato
+
+run: setup
+	$(BIN)/sfumato txt2img "$(PROMPT)"
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
