@@ -1,0 +1,1 @@
+"""Model files: reading them safely, recognising their family, and loading them into components."""

@@ -1,0 +1,131 @@
+"""Read tensors from model files without ever executing code from them.
+
+`.safetensors` are opened lazily (memory-mapped), so a 7 GB checkpoint costs no RAM until a component
+takes its tensors. `.ckpt`/`.pt`/`.pth`/`.bin` go through `torch.load(weights_only=True)`, which refuses
+anything but tensors and plain containers; a pickle that needs more is rejected with a clear message,
+never run (InvokeAI CVE-2024-12029 is the lesson).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from sfumato.errors import ModelFileError
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+MODEL_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
+
+class LazyStateDict(Mapping[str, torch.Tensor]):
+    """A read-only mapping over a safetensors file that loads each tensor only when asked for."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._file = safe_open(str(path), framework="pt", device="cpu")
+            self._keys = list(self._file.keys())
+            self.metadata: dict[str, str] = self._file.metadata() or {}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(
+                f"{path}: not a readable safetensors file ({exc}); it may be truncated or corrupt — "
+                "download it again"
+            ) from exc
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(key)
+        except SafetensorError as exc:
+            if key not in self._keys:
+                raise KeyError(key) from None
+            raise ModelFileError(f"{self.path}: tensor {key!r} cannot be read ({exc})") from exc
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The shape of a tensor, read from the header only (no data touched)."""
+        return tuple(self._file.get_slice(key).get_shape())
+
+    def dtype_name(self, key: str) -> str:
+        return str(self._file.get_slice(key).get_dtype())
+
+
+def _check_safetensors_length(path: Path) -> None:
+    """safetensors maps the file lazily, so a truncated file would only fail mid-load: check the
+    header's last offset against the file size up front."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(header_len))
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path}: not a valid safetensors file ({exc}); it may be truncated or corrupt") from exc
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    expected = 8 + header_len + max(ends, default=0)
+    if size < expected:
+        raise ModelFileError(
+            f"{path}: file is truncated ({size:,} bytes, its header says {expected:,}); download it again"
+        )
+
+
+def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Old checkpoints nest the weights under 'state_dict' (Lightning) or 'model'."""
+    while isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not a dictionary of tensors")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_pickled_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a `.ckpt`/`.pt` with torch's safe unpickler; refuse anything that needs arbitrary code."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        raise ModelFileError(
+            f"{path}: refused to load — this pickle needs arbitrary code to unpickle, which could run "
+            "anything on your machine. Convert it to .safetensors with a trusted tool, or get a "
+            "safetensors version of the model"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"{path}: cannot read this checkpoint ({exc}); it may be truncated or corrupt") from exc
+    return _unwrap_state_dict(obj, path)
+
+
+def open_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """Open any supported model file as a mapping of tensor name -> tensor (lazy for safetensors)."""
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not a file")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        _check_safetensors_length(path)
+        return LazyStateDict(path)
+    if suffix in PICKLE_SUFFIXES:
+        return load_pickled_state_dict(path)
+    raise ModelFileError(f"{path}: unsupported file type {suffix!r} (expected {', '.join(MODEL_SUFFIXES)})")
+
+
+def tensor_shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    """A tensor's shape without loading it where the file allows."""
+    if isinstance(state_dict, LazyStateDict):
+        return state_dict.shape(key)
+    return tuple(state_dict[key].shape)
