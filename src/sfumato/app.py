@@ -1,0 +1,118 @@
+"""Jobs as the CLI (and later the API and UI) run them: settings -> model -> request -> images on disk.
+
+This is the one place that turns user-facing inputs into a validated GenerationRequest, runs it on the
+right model, and saves each image with its infotext as soon as it exists (so an interrupted batch keeps
+what was made).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from sfumato import infotext
+from sfumato.devices import pick_device, pick_dtype
+from sfumato.errors import UserError
+from sfumato.generation_params import infotext_params, request_fields_from_infotext
+from sfumato.models.loader import LoadedModel
+from sfumato.models.registry import ModelManager
+from sfumato.output import images_folder, save_png
+from sfumato.pnginfo import read_metadata
+from sfumato.request import GenerationRequest, build_request
+from sfumato.settings import Settings
+from sfumato.tasks.common import Progress, RunControl
+from sfumato.tasks.txt2img import generate, resolve_sampler
+
+
+def request_from_png(path: Path, manager: ModelManager) -> dict[str, Any]:
+    """Request fields from an image's infotext, with its model found by hash, then by name."""
+    meta = read_metadata(path)
+    if not meta.parameters:
+        raise UserError(f"{path}: carries no A1111 generation parameters", field="from_png")
+    parsed = infotext.parse(meta.parameters)
+    fields = request_fields_from_infotext(parsed)
+    for key in ("Model hash", "Model"):
+        query = parsed.get(key)
+        if not query:
+            continue
+        try:
+            manager.checkpoint_path(str(query))
+        except UserError:
+            continue
+        fields["model"] = str(query)
+        break
+    else:
+        if parsed.get("Model hash") or parsed.get("Model"):
+            wanted = f"{parsed.get('Model', '?')} [{parsed.get('Model hash', '?')}]"
+            raise UserError(f"{path} was made with model {wanted}, which is not in your model folders; choose one with --model")
+    return fields
+
+
+class Txt2ImgJob:
+    """A txt2img job from CLI-style fields (and optionally a PNG to start from)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        fields: dict[str, Any],
+        *,
+        from_png: Path | None = None,
+        out_dir: Path | None = None,
+    ) -> None:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.manager = ModelManager(settings, device=self.device, dtype=pick_dtype(self.device, settings.dtype))
+        base = request_from_png(from_png, self.manager) if from_png else {}
+        self.request: GenerationRequest = build_request(**{**base, **fields})
+        resolve_sampler(self.request)  # fail on a bad sampler name before loading any model
+        self.out_dir = out_dir
+        self.interrupted = False
+
+    def run(
+        self,
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_saved: Callable[[Path], None] = lambda path: None,
+    ) -> list[Path]:
+        model = self.manager.load(self.request.model, self.request.vae, self.request.prediction)
+        total = self.request.steps * self.request.n_iter
+        with tqdm(total=total, desc="txt2img", unit="step", leave=False) as bar:
+
+            def on_step(progress: Progress) -> None:
+                bar.update(1)
+
+            control = RunControl(on_step=on_step, should_stop=should_stop)
+            images = generate(model, self.request, control)
+        self.interrupted = control.interrupted
+        folder = self.out_dir or images_folder(self.settings.outputs, "txt2img")
+        saved = []
+        for generated in images:
+            text = self.infotext_for(model, generated.seed, generated.subseed, generated.image.size)
+            path = save_png(generated.image, folder, generated.seed, text)
+            on_saved(path)
+            saved.append(path)
+        return saved
+
+    def infotext_for(self, model: LoadedModel, seed: int, subseed: int, size: tuple[int, int]) -> str:
+        request = self.request
+        sampler, schedule = resolve_sampler(request)
+        fields = {**request.model_dump(), "sampler_name": sampler, "scheduler": schedule}
+        vae_path = model.vae_path
+        params = infotext_params(
+            fields,
+            seed=seed,
+            subseed=subseed,
+            width=size[0],
+            height=size[1],
+            model_name=model.name,
+            model_hash=self.manager.model_hash(model.path),
+            vae_name=vae_path.name if vae_path else None,
+            vae_hash=self.manager.model_hash(vae_path) if vae_path else None,
+        )
+        return infotext.format(request.prompt, request.negative_prompt, params)

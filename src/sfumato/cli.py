@@ -1,0 +1,192 @@
+"""The `sfumato` command line: txt2img, png-info, models list.
+
+User errors print one line on stderr and exit 2; Ctrl-C during sampling stops after the current step,
+saves what was made (as A1111 does) and exits 130; a second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sfumato import __version__
+from sfumato.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="folder with models/, embeddings/, outputs/ (default: .)")
+    parser.add_argument("--settings", type=Path, help="settings JSON file (default: <data-dir>/sfumato.json)")
+
+
+def _txt2img_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("txt2img", help="generate images from a prompt")
+    p.add_argument("prompt", nargs="?", help="the prompt (A1111 syntax)")
+    p.add_argument("--negative", help="negative prompt")
+    p.add_argument("--model", help="checkpoint name, title, hash or path")
+    p.add_argument("--vae", help='VAE name or path; "Automatic" (default) or "None" for the baked-in one')
+    p.add_argument("--sampler", help="sampler name as in A1111 (default DPM++ 2M)")
+    p.add_argument("--scheduler", help="schedule type as in A1111 (default Automatic)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--cfg", type=float, help="CFG scale")
+    p.add_argument("--eta", type=float, help="noise multiplier for ancestral/SDE samplers and DDIM")
+    p.add_argument("--seed", type=int, help="-1 for random")
+    p.add_argument("--subseed", type=int, help="variation seed")
+    p.add_argument("--subseed-strength", type=float, help="variation strength 0..1")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-count", type=int)
+    p.add_argument("--clip-skip", type=int)
+    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], help="override the model's prediction type")
+    p.add_argument("--from-png", type=Path, help="rebuild the request from a PNG's parameters")
+    p.add_argument("--out", type=Path, help="save images in this folder (default outputs/txt2img-images/DATE)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (default: fp16 on GPU, fp32 on CPU)")
+    _add_common(p)
+    p.set_defaults(handler=cmd_txt2img)
+
+
+TXT2IMG_FLAG_FIELDS = {
+    "prompt": "prompt",
+    "negative": "negative_prompt",
+    "model": "model",
+    "vae": "vae",
+    "sampler": "sampler_name",
+    "scheduler": "scheduler",
+    "steps": "steps",
+    "cfg": "cfg_scale",
+    "eta": "eta",
+    "seed": "seed",
+    "subseed": "subseed",
+    "subseed_strength": "subseed_strength",
+    "width": "width",
+    "height": "height",
+    "batch_size": "batch_size",
+    "batch_count": "n_iter",
+    "clip_skip": "clip_skip",
+    "prediction": "prediction",
+}
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so usage errors share the one-line exit-2 path."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _ArgumentError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sfumato", description="Local AI image generation, A1111-compatible.")
+    parser.add_argument("--version", action="version", version=f"sfumato {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _txt2img_parser(sub)
+
+    info = sub.add_parser("png-info", help="show the generation parameters stored in an image")
+    info.add_argument("file", type=Path)
+    info.add_argument("--json", action="store_true", help="print JSON (parameters parsed, plus other chunks)")
+    info.set_defaults(handler=cmd_png_info)
+
+    models = sub.add_parser("models", help="model folders")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    listing = models_sub.add_parser("list", help="every checkpoint with family, dtype, size and hash")
+    listing.add_argument("--json", action="store_true")
+    _add_common(listing)
+    listing.set_defaults(handler=cmd_models_list)
+    return parser
+
+
+def _settings(args: argparse.Namespace, **cli: Any):
+    from sfumato.settings import load_settings  # noqa: PLC0415 - keep `--help` fast
+
+    return load_settings({"data_dir": args.data_dir, **cli}, settings_file=args.settings)
+
+
+def cmd_png_info(args: argparse.Namespace) -> int:
+    from sfumato.pnginfo import as_json, as_text, read_metadata  # noqa: PLC0415
+
+    meta = read_metadata(args.file)
+    if args.json:
+        print(json.dumps(as_json(meta), ensure_ascii=False, indent=2))
+    else:
+        print(as_text(meta))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from sfumato.models.catalog import describe_checkpoints  # noqa: PLC0415
+
+    rows = describe_checkpoints(_settings(args))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no checkpoints found", file=sys.stderr)
+        return 0
+    header = ("name", "family", "dtype", "size", "hash")
+    table = [header] + [
+        (r["name"], r["family"], r["dtype"], f"{r['size_bytes'] / 2**20:,.1f} MiB", r["hash"] or "") for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _interrupt_flag() -> tuple[Callable[[], bool], Callable[[], None]]:
+    """First Ctrl-C asks the sampler to stop after its step; the second one stops at once."""
+    state = {"stop": False}
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: object) -> None:
+        if state["stop"]:
+            raise KeyboardInterrupt
+        state["stop"] = True
+        print("\nsfumato: stopping after this step (Ctrl-C again to stop now)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    return (lambda: state["stop"]), (lambda: signal.signal(signal.SIGINT, previous))
+
+
+def cmd_txt2img(args: argparse.Namespace) -> int:
+    from sfumato.app import Txt2ImgJob  # noqa: PLC0415 - torch import is slow; keep --help instant
+
+    fields = {field: getattr(args, flag) for flag, field in TXT2IMG_FLAG_FIELDS.items()}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if args.from_png is None and "prompt" not in fields:
+        raise UserError("a prompt is needed (or --from-png FILE)", field="prompt")
+    settings = _settings(args, device=args.device, dtype=args.dtype)
+    job = Txt2ImgJob(settings, fields, from_png=args.from_png, out_dir=args.out)
+    should_stop, restore = _interrupt_flag()
+    try:
+        paths = job.run(should_stop=should_stop, on_saved=lambda path: print(path, flush=True))
+    finally:
+        restore()
+    return EXIT_INTERRUPTED if job.interrupted else (0 if paths else EXIT_USER_ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.handler(args))
+    except _ArgumentError as exc:
+        print(f"sfumato: error: {exc} (see sfumato --help)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except UserError as exc:
+        print(f"sfumato: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("sfumato: stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,104 @@
+"""The bridge between a GenerationRequest and A1111's infotext keys, both ways.
+
+Writing: the keys A1111 writes for the same settings, so other tools read our PNGs. Reading: any A1111
+or sfumato infotext (already parsed by `sfumato.infotext.parse`) back into request fields, so
+`txt2img --from-png` rebuilds the request and, on the same device, the same pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sfumato import __version__
+from sfumato.sampling.samplers import split_sampler_name
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def infotext_params(
+    request_fields: Mapping[str, Any],
+    *,
+    seed: int,
+    subseed: int,
+    width: int,
+    height: int,
+    model_name: str | None,
+    model_hash: str | None,
+    vae_name: str | None = None,
+    vae_hash: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Infotext parameters for one image, in A1111's key order."""
+    r = request_fields
+    strength = r.get("subseed_strength", 0.0)
+    resize = (r.get("seed_resize_from_w", 0), r.get("seed_resize_from_h", 0))
+    params: dict[str, Any] = {
+        "Steps": r["steps"],
+        "Sampler": r["sampler_name"],
+        "Schedule type": r["scheduler"] if r.get("scheduler", "Automatic") != "Automatic" else None,
+        "CFG scale": _number(r["cfg_scale"]),
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+        "VAE hash": vae_hash,
+        "VAE": vae_name,
+        "Variation seed": subseed if strength > 0 else None,
+        "Variation seed strength": _number(strength) if strength > 0 else None,
+        "Seed resize from": f"{resize[0]}x{resize[1]}" if resize[0] > 0 and resize[1] > 0 else None,
+        "Eta": _number(r["eta"]) if r.get("eta") is not None else None,
+        "Clip skip": r["clip_skip"] if r.get("clip_skip", 1) > 1 else None,
+        **(extra or {}),
+        "Version": f"sfumato {__version__}",
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(float(str(value).strip()))
+    except ValueError:
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return None
+
+
+def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
+    """Request fields from a parsed infotext; keys it cannot read are left out, never guessed."""
+    fields: dict[str, Any] = {
+        "prompt": parsed.get("Prompt", ""),
+        "negative_prompt": parsed.get("Negative prompt", ""),
+    }
+    if "Sampler" in parsed:
+        sampler, schedule = split_sampler_name(str(parsed["Sampler"]))
+        fields["sampler_name"] = sampler
+        fields["scheduler"] = schedule or str(parsed.get("Schedule type") or "Automatic")
+    numeric = {
+        "steps": ("Steps", _int),
+        "cfg_scale": ("CFG scale", _float),
+        "seed": ("Seed", _int),
+        "width": ("Size-1", _int),
+        "height": ("Size-2", _int),
+        "clip_skip": ("Clip skip", _int),
+        "eta": ("Eta", _float),
+        "seed_resize_from_w": ("Seed resize from-1", _int),
+        "seed_resize_from_h": ("Seed resize from-2", _int),
+    }
+    for field, (key, convert) in numeric.items():
+        if key in parsed and (value := convert(parsed[key])) is not None:
+            fields[field] = value
+    if "Variation seed" in parsed and (strength := _float(parsed.get("Variation seed strength", 0))):
+        fields["subseed"] = _int(parsed["Variation seed"])
+        fields["subseed_strength"] = strength
+    for field in ("seed_resize_from_w", "seed_resize_from_h"):
+        if fields.get(field, 0) < 0:  # A1111 writes -1 for "off"
+            fields[field] = 0
+    return fields

@@ -1,0 +1,214 @@
+"""Finding models in the A1111/ComfyUI folders, resolving the names users type, and caching loads.
+
+A checkpoint can be named by path, by file name with or without extension, by its path relative to a
+models folder (A1111's `sd_model_checkpoint`), by A1111's title (`name.safetensors [hash]`), or by its
+AutoV2 / old short hash. The ModelManager keeps the loaded checkpoint so consecutive jobs reuse it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sfumato.errors import ModelFileError, UserError, unknown_name
+from sfumato.models.detect import Prediction
+from sfumato.models.files import MODEL_SUFFIXES, PICKLE_SUFFIXES
+from sfumato.models.hashes import HashCache, old_a1111_hash
+from sfumato.models.loader import LoadedModel, load_checkpoint, load_vae_file
+from sfumato.settings import Settings
+
+VAE_SIDE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
+TITLE_HASH = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,10})\]$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model file (or diffusers folder) found in a models folder."""
+
+    path: Path
+    root: Path
+
+    @property
+    def relative(self) -> str:
+        return self.path.relative_to(self.root).as_posix()
+
+    @property
+    def name(self) -> str:
+        rel = self.relative
+        for suffix in MODEL_SUFFIXES:
+            if rel.lower().endswith(suffix):
+                return rel[: -len(suffix)]
+        return rel
+
+
+def _is_vae_side_file(path: Path) -> bool:
+    return path.name.lower().endswith(VAE_SIDE_SUFFIXES)
+
+
+def scan_folder(root: Path, *, allow_diffusers_dirs: bool) -> list[ModelEntry]:
+    """Model files below `root`, sorted by relative path; a diffusers folder counts as one model."""
+    if not root.is_dir():
+        return []
+    paths = [p for p in sorted(root.rglob("*")) if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    diffusers_dirs = {p.parent for p in paths if p.name == "model_index.json"}
+    found: list[ModelEntry] = []
+    for path in paths:
+        if path in diffusers_dirs:
+            if allow_diffusers_dirs:
+                found.append(ModelEntry(path, root))
+        elif (
+            path.is_file()
+            and path.suffix.lower() in MODEL_SUFFIXES
+            and not _is_vae_side_file(path)
+            and not diffusers_dirs.intersection(path.parents)
+        ):
+            found.append(ModelEntry(path, root))
+    return found
+
+
+def list_checkpoints(settings: Settings) -> list[ModelEntry]:
+    entries: list[ModelEntry] = []
+    for folder in settings.model_dirs("checkpoints"):
+        entries.extend(scan_folder(folder, allow_diffusers_dirs=True))
+    return entries
+
+
+def list_vaes(settings: Settings) -> list[ModelEntry]:
+    entries: list[ModelEntry] = []
+    for folder in settings.model_dirs("vae"):
+        entries.extend(scan_folder(folder, allow_diffusers_dirs=False))
+    return entries
+
+
+def _match(entries: list[ModelEntry], query: str, hashes: HashCache | None) -> ModelEntry | None:
+    title = TITLE_HASH.match(query)
+    wanted = title.group("name") if title else query
+    lowered = wanted.lower().replace("\\", "/")
+    for entry in entries:
+        if lowered in (entry.relative.lower(), entry.name.lower(), entry.path.name.lower(), entry.path.stem.lower()):
+            return entry
+    short = (title.group("hash") if title else query).lower()
+    if hashes and re.fullmatch(r"[0-9a-f]{8}|[0-9a-f]{10}", short):
+        for entry in entries:
+            if entry.path.is_file() and (
+                hashes.autov2(entry.path) == short or (len(short) == 8 and old_a1111_hash(entry.path) == short)
+            ):
+                return entry
+    return None
+
+
+def resolve_model_path(
+    query: str, entries: list[ModelEntry], kind: str, hashes: HashCache | None = None, *, field: str = "model"
+) -> Path:
+    """Path for what the user typed: an existing path, or a name/title/hash among `entries`."""
+    candidate = Path(query).expanduser()
+    if candidate.exists():
+        return candidate
+    entry = _match(entries, query, hashes)
+    if entry is None:
+        raise unknown_name(kind, query, [e.name for e in entries], field=field)
+    return entry.path
+
+
+def side_vae_for(checkpoint: Path) -> Path | None:
+    """A1111's "Automatic" VAE: `x.vae.safetensors` (or .pt/.ckpt) beside `x.safetensors`."""
+    stem = checkpoint.name
+    for suffix in MODEL_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    for suffix in VAE_SIDE_SUFFIXES:
+        side = checkpoint.with_name(stem + suffix)
+        if side.is_file():
+            return side
+    return None
+
+
+class ModelManager:
+    """Resolves names to files and keeps the last loaded checkpoint (with its VAE choice) ready."""
+
+    def __init__(self, settings: Settings, *, device: torch.device, dtype: torch.dtype) -> None:
+        self.settings = settings
+        self.device = device
+        self.dtype = dtype
+        self.hashes = HashCache(settings.data_dir / ".sfumato" / "hashes.json")
+        self._loaded: LoadedModel | None = None
+        self._loaded_key: tuple | None = None
+
+    def default_checkpoint(self) -> Path:
+        if self.settings.default_model:
+            return self.checkpoint_path(self.settings.default_model)
+        entries = list_checkpoints(self.settings)
+        if entries:
+            return entries[0].path
+        return self._placeholder_checkpoint()
+
+    def _placeholder_checkpoint(self) -> Path:
+        """Until the embedded default model ships, a tiny random-weight SD1 model stands in: it proves
+        the whole path works, and we say plainly that what it draws is noise."""
+        from sfumato.testing.tiny_models import write_single_file  # noqa: PLC0415 - rare path
+
+        path = self.settings.data_dir / ".sfumato" / "placeholder-random-sd1.safetensors"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_single_file(path, "sd1", seed=0)
+        print(
+            "sfumato: no checkpoint found in models/Stable-diffusion; using a tiny RANDOM-WEIGHT placeholder "
+            "model — the image will be noise. Put a .safetensors checkpoint there for real images.",
+            file=sys.stderr,
+        )
+        return path
+
+    def checkpoint_path(self, query: str | None) -> Path:
+        if not query:
+            return self.default_checkpoint()
+        return resolve_model_path(query, list_checkpoints(self.settings), "checkpoint", self.hashes)
+
+    def vae_path(self, query: str | None, checkpoint: Path) -> Path | None:
+        """None/"Automatic": the side file if any, else the baked-in VAE; "None": always baked-in."""
+        if query is None or query.lower() == "automatic":
+            return side_vae_for(checkpoint) if checkpoint.is_file() else None
+        if query.lower() == "none":
+            return None
+        return resolve_model_path(query, list_vaes(self.settings), "VAE", self.hashes, field="vae")
+
+    def load(self, model: str | None, vae: str | None = None, prediction: Prediction | None = None) -> LoadedModel:
+        path = self.checkpoint_path(model)
+        vae_file = self.vae_path(vae, path)
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime, str(vae_file), prediction)
+        if self._loaded is not None and self._loaded_key == key:
+            return self._loaded
+        self.unload()
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            print(f"sfumato: loading {path.name} with torch's weights-only unpickler", file=sys.stderr)
+        loaded = load_checkpoint(path, device=self.device, dtype=self.dtype, prediction=prediction)
+        if vae_file is not None:
+            loaded.vae = load_vae_file(vae_file, loaded.family, device=self.device, dtype=self.dtype)
+            loaded.vae_path = vae_file
+        self._loaded, self._loaded_key = loaded, key
+        return loaded
+
+    def unload(self) -> None:
+        self._loaded = None
+        self._loaded_key = None
+
+    def model_hash(self, path: Path) -> str | None:
+        if not path.is_file():
+            return None
+        try:
+            return self.hashes.autov2(path)
+        except OSError as exc:
+            raise ModelFileError(f"{path}: cannot be read for hashing ({exc})") from exc
+
+
+def require_checkpoints(settings: Settings) -> list[ModelEntry]:
+    entries = list_checkpoints(settings)
+    if not entries:
+        folders = ", ".join(str(p) for p in settings.model_dirs("checkpoints")[:2])
+        raise UserError(f"no checkpoints found (looked in {folders} …)")
+    return entries

@@ -1,0 +1,1 @@
+"""Tasks: thin compositions over the loaded components and the sampling loop (txt2img first)."""
