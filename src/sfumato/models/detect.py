@@ -5,7 +5,7 @@ tiny models must load through the very same path as a 7 GB SDXL file. Like Comfy
 we read the original (LDM) key layout: channels from conv shapes, depths from key counts, context width
 from cross-attention weights. What shapes cannot tell (attention head counts) follows the families'
 conventions: SD1 UNets use 8 heads; linear-projection UNets (SD2, SDXL) and CLIP encoders use 64-wide
-heads. Tiny models narrower than 64 channels use 8-wide heads, a convention our fixture factory follows.
+heads. Tiny models narrower than 128 channels use 16-wide heads, a convention our fixture factory follows.
 """
 
 from __future__ import annotations
@@ -75,8 +75,12 @@ def _count(keys: list[str], pattern: str) -> int:
     return len(_indices(keys, pattern))
 
 
-def _heads(channels: int, head_width: int = 64) -> int:
-    width = head_width if channels % head_width == 0 else 8
+def _heads(channels: int) -> int:
+    """Attention heads for a width: 64-wide heads in every real model; tiny test models (< 128 wide)
+    use 16-wide heads, or 8-wide where 16 does not divide the width."""
+    width = 64 if channels >= 128 else 16
+    if channels % width:
+        width = 8
     return max(1, channels // width)
 
 
