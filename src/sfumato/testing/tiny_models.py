@@ -18,6 +18,15 @@ Variants and what tells them apart in a file:
   deliberately stores no hint, like the real files.
 - `sdxl`, `sdxl-inpaint` (9): CLIP-L + OpenCLIP-bigG-style encoder with projection, `label_emb`.
 
+SD2's text encoder is written whole, with all its layers, in both formats. Real SD2 single files hold 24
+OpenCLIP layers and A1111 uses the penultimate one's output; stabilityai's diffusers repos hold the first
+23. A loader that builds SD2 from a single file without its last layer (as diffusers does) therefore
+matches `text_encoder(ids, output_hidden_states=True).hidden_states[-2]` of the tiny model.
+
+Default image size is 64 px (UNet `sample_size` 8, VAE 64) so that pipelines run fast when a test does
+not choose one; real SD1 is 512 px. Widths change at the same levels as the real ones, so every tiny key
+name is a real key name (see `unet_config`).
+
 The tiny OpenCLIP projection is deliberately not square (width 64 -> 48), unlike the real ones, so that a
 transposed `text_projection` fails by shape instead of passing unnoticed.
 """
@@ -76,6 +85,9 @@ CLIP_L_WIDTH = 32
 OPEN_CLIP_WIDTH = 64
 OPEN_CLIP_PROJECTION = 48
 SDXL_TIME_EMBED = 8  # real SDXL: 256, for each of the 6 size/crop numbers
+# Head counts are not in a checkpoint's shapes, so loaders follow conventions (sfumato.models.detect):
+# real models use 64-wide heads (SD1's UNet: 8 heads); tiny ones, narrower than 128, 16-wide heads.
+HEAD_WIDTH = 16
 
 _TOKENIZER_DATA = ("models", "data", "clip_tokenizer")
 
@@ -87,7 +99,7 @@ def _spec(variant: str) -> VariantSpec:
         raise ValueError(f"unknown tiny variant {variant!r}; known: {', '.join(VARIANTS)}") from None
 
 
-def unet_config(variant: str) -> dict[str, Any]:
+def unet_config(variant: Variant) -> dict[str, Any]:
     """The tiny `UNet2DConditionModel` config of a variant: the real block structure, tiny widths.
 
     Levels, layers per level, attention placement and where the width changes are the real ones, so
@@ -106,7 +118,7 @@ def unet_config(variant: str) -> dict[str, Any]:
             "block_out_channels": [32, 64, 96],
             "layers_per_block": 2,
             "transformer_layers_per_block": [1, 1, 2],
-            "attention_head_dim": [2, 4, 6],  # 16 channels per head (real: 64 -> [5, 10, 20])
+            "attention_head_dim": [c // HEAD_WIDTH for c in (32, 64, 96)],  # real: [5, 10, 20]
             "use_linear_projection": True,
             "cross_attention_dim": CLIP_L_WIDTH + OPEN_CLIP_WIDTH,
             "addition_embed_type": "text_time",
@@ -126,8 +138,11 @@ def unet_config(variant: str) -> dict[str, Any]:
     return {
         **blocks,
         "cross_attention_dim": OPEN_CLIP_WIDTH,
-        "attention_head_dim": [2, 4, 6, 6],  # 16 channels per head (real SD2: 64 -> [5, 10, 20, 20])
+        "attention_head_dim": [
+            c // HEAD_WIDTH for c in blocks["block_out_channels"]
+        ],  # real: [5, 10, 20, 20]
         "use_linear_projection": True,
+        "upcast_attention": True,  # as SD2.1's config (no effect in fp32)
     }
 
 
@@ -156,7 +171,7 @@ def clip_l_config() -> CLIPTextConfig:
         hidden_size=CLIP_L_WIDTH,
         intermediate_size=37,
         num_hidden_layers=2,
-        num_attention_heads=4,
+        num_attention_heads=CLIP_L_WIDTH // HEAD_WIDTH,
         max_position_embeddings=77,
         hidden_act="quick_gelu",
         projection_dim=CLIP_L_WIDTH,
@@ -173,7 +188,7 @@ def open_clip_config() -> CLIPTextConfig:
         hidden_size=OPEN_CLIP_WIDTH,
         intermediate_size=96,
         num_hidden_layers=2,
-        num_attention_heads=4,
+        num_attention_heads=OPEN_CLIP_WIDTH // HEAD_WIDTH,
         max_position_embeddings=77,
         hidden_act="gelu",
         projection_dim=OPEN_CLIP_PROJECTION,
@@ -191,7 +206,7 @@ _BETAS = {
 }
 
 
-def scheduler_config(variant: str) -> dict[str, Any]:
+def scheduler_config(variant: Variant) -> dict[str, Any]:
     """The scheduler config the real diffusers repo of this variant ships (PNDM or Euler, scaled_linear)."""
     spec = _spec(variant)
     config: dict[str, Any] = {
@@ -213,7 +228,7 @@ def scheduler_config(variant: str) -> dict[str, Any]:
 class TinyComponents:
     """The in-memory diffusers/transformers components of one tiny model."""
 
-    variant: str
+    variant: Variant
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
@@ -253,7 +268,7 @@ def load_tokenizer(*, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
         )
 
 
-def build_components(variant: str, seed: int = 0) -> TinyComponents:
+def build_components(variant: Variant, seed: int = 0) -> TinyComponents:
     """Build the tiny networks of `variant` from `seed` without touching the global RNG state."""
     spec = _spec(variant)
     with torch.random.fork_rng(devices=[]):
@@ -285,7 +300,7 @@ def build_components(variant: str, seed: int = 0) -> TinyComponents:
 
 def write_single_file(
     path: str | os.PathLike[str],
-    variant: str,
+    variant: Variant,
     *,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
@@ -350,7 +365,7 @@ def _write_tokenizers(path: Path, components: TinyComponents) -> None:
         _write_tokenizer_folder(path / "tokenizer_2", components.tokenizer_2)
 
 
-def write_diffusers_folder(path: str | os.PathLike[str], variant: str, seed: int = 0) -> TinyComponents:
+def write_diffusers_folder(path: str | os.PathLike[str], variant: Variant, seed: int = 0) -> TinyComponents:
     """Write a tiny model as a diffusers folder (`model_index.json`, one subfolder per component)."""
     path = Path(path)
     components = build_components(variant, seed)
@@ -359,7 +374,7 @@ def write_diffusers_folder(path: str | os.PathLike[str], variant: str, seed: int
     return components
 
 
-def write_config_folder(path: str | os.PathLike[str], variant: str) -> None:
+def write_config_folder(path: str | os.PathLike[str], variant: Variant) -> None:
     """A diffusers folder with every config and tokenizer but no weights.
 
     That is what `from_single_file(file, config=folder)` needs to load a single file offline, and what
