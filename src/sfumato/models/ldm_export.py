@@ -17,8 +17,9 @@ error, never silently dropped or passed through, because a checkpoint with a str
 loads "fine" in A1111 (it loads non-strictly) and then generates noise.
 
 What real checkpoints carry and we do not write: the DDPM schedule buffers (`betas`, `alphas_cumprod`,
-...; A1111 rebuilds them from its yaml), `model_ema.*`, OpenCLIP's `logit_scale`, and the `position_ids`
-buffer (written only when the given text-encoder state dict has it). Loaders treat all of them as optional.
+...; A1111 rebuilds them from its yaml), `model_ema.*`, OpenCLIP's `logit_scale`, and CLIP-L's
+`position_ids` buffer (passed through only when the given state dict has it; transformers 5 has none).
+Loaders treat all of them as optional.
 
 The returned tensors share memory with the inputs (no copy of a multi-GB model); only tensors whose
 layout changes (fused q/k/v, transposed projection, 1x1-conv attention) are new.
