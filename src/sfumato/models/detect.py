@@ -110,7 +110,7 @@ def infer_unet_config(sd: Mapping[str, torch.Tensor], keys: list[str], prefix: s
     block_out = [level[0][0] for level in levels]
     depths = [level[0][1] for level in levels]
     # The up path mirrors the down path, but its transformer depths may differ (SDXL's do not; some
-    # fine-tuned architectures do): read them from the output blocks.
+    # fine-tuned architectures do): read them from the output blocks, deepest level first.
     up_depths = []
     for lvl in range(len(levels)):
         first_out = lvl * (num_res_blocks + 1)
@@ -131,15 +131,15 @@ def infer_unet_config(sd: Mapping[str, torch.Tensor], keys: list[str], prefix: s
         "block_out_channels": block_out,
         "layers_per_block": num_res_blocks,
         "down_block_types": ["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depths],
-        "up_block_types": ["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(up_depths)],
+        "up_block_types": ["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in up_depths],
         "mid_block_type": "UNetMidBlock2DCrossAttn" if mid_depth else None,
         "transformer_layers_per_block": [max(d, 1) for d in depths],
         "cross_attention_dim": context_dim,
         "attention_head_dim": heads,
         "use_linear_projection": linear,
     }
-    if [max(d, 1) for d in up_depths] != list(config["transformer_layers_per_block"]):
-        config["reverse_transformer_layers_per_block"] = [max(d, 1) for d in reversed(up_depths)]
+    if [max(d, 1) for d in up_depths] != [max(d, 1) for d in reversed(depths)]:
+        config["reverse_transformer_layers_per_block"] = [max(d, 1) for d in up_depths]
     if mid_depth and mid_depth != config["transformer_layers_per_block"][-1]:
         raise ModelFileError("UNet middle block depth differs from its last level; not supported")
     time_embed = shape("time_embed.0.weight")[0]
@@ -195,6 +195,15 @@ def _clip_l_spec(sd: Mapping[str, torch.Tensor], keys: list[str], prefix: str) -
     return TextEncoderSpec("clip_l", prefix, config, layers_in_file=layers)
 
 
+def _sd2_layers_to_build(layers_in_file: int, width: int) -> int:
+    """SD2 uses the penultimate of ViT-H's 24 layers, so the last is never built (as diffusers does).
+    Files converted back from diffusers hold only those 23 layers: keep all of them then. Narrower
+    (test) encoders follow the same rule: everything but the last layer."""
+    if width == 1024:
+        return min(layers_in_file, 23)
+    return max(1, layers_in_file - 1)
+
+
 def _open_clip_spec(
     sd: Mapping[str, torch.Tensor], keys: list[str], prefix: str, *, with_projection: bool, drop_last: bool
 ) -> TextEncoderSpec:
@@ -206,8 +215,7 @@ def _open_clip_spec(
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": tensor_shape(sd, prefix + "transformer.resblocks.0.mlp.c_fc.weight")[0],
-        # SD2 only ever uses the penultimate layer; its last layer is not built (as diffusers does).
-        "num_hidden_layers": layers - 1 if drop_last else layers,
+        "num_hidden_layers": _sd2_layers_to_build(layers, hidden) if drop_last else layers,
         "num_attention_heads": _heads(hidden),
         "max_position_embeddings": tensor_shape(sd, prefix + "positional_embedding")[0],
         "hidden_act": "gelu",
