@@ -35,7 +35,12 @@ def _same_weights(reference: torch.nn.Module, loaded: torch.nn.Module, atol: flo
 
 @pytest.mark.parametrize(
     ("variant", "family", "kind"),
-    [("sd1", "sd1", "base"), ("sd2-v", "sd2", "base"), ("sdxl", "sdxl", "base"), ("sd1-inpaint", "sd1", "inpaint")],
+    [
+        ("sd1", "sd1", "base"),
+        ("sd2-v", "sd2", "base"),
+        ("sdxl", "sdxl", "base"),
+        ("sd1-inpaint", "sd1", "inpaint"),
+    ],
 )
 def test_single_file_loads_exact_weights(tiny_models, variant, family, kind):
     path, built = tiny_models[variant]
@@ -144,7 +149,11 @@ def test_side_vae_and_named_vae_replace_the_baked_one(data_dir, tiny_models):
     settings = load_settings({"data_dir": data_dir}, env={})
     checkpoint = data_dir / "models/Stable-diffusion/tiny-sd1.safetensors"
     other = write_single_file(data_dir / "other.safetensors", "sd1", seed=9)
-    vae_sd = {k: v for k, v in open_state_dict(data_dir / "other.safetensors").items() if k.startswith("first_stage_model.")}
+    vae_sd = {
+        k: v
+        for k, v in open_state_dict(data_dir / "other.safetensors").items()
+        if k.startswith("first_stage_model.")
+    }
     bare = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_sd.items()}
     (data_dir / "models/VAE").mkdir(parents=True)
     save_file(bare, str(data_dir / "models/VAE/my-vae.safetensors"))

@@ -48,7 +48,9 @@ def request_from_png(path: Path, manager: ModelManager) -> dict[str, Any]:
     else:
         if parsed.get("Model hash") or parsed.get("Model"):
             wanted = f"{parsed.get('Model', '?')} [{parsed.get('Model hash', '?')}]"
-            raise UserError(f"{path} was made with model {wanted}, which is not in your model folders; choose one with --model")
+            raise UserError(
+                f"{path} was made with model {wanted}, which is not in your model folders; choose one with --model"
+            )
     return fields
 
 
@@ -67,7 +69,9 @@ class Txt2ImgJob:
             torch.set_num_threads(settings.threads)
         self.settings = settings
         self.device = pick_device(settings.device)
-        self.manager = ModelManager(settings, device=self.device, dtype=pick_dtype(self.device, settings.dtype))
+        self.manager = ModelManager(
+            settings, device=self.device, dtype=pick_dtype(self.device, settings.dtype)
+        )
         base = request_from_png(from_png, self.manager) if from_png else {}
         self.request: GenerationRequest = build_request(**{**base, **fields})
         resolve_sampler(self.request)  # fail on a bad sampler name before loading any model

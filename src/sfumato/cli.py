@@ -22,7 +22,9 @@ EXIT_INTERRUPTED = 130
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, help="folder with models/, embeddings/, outputs/ (default: .)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="folder with models/, embeddings/, outputs/ (default: .)"
+    )
     parser.add_argument("--settings", type=Path, help="settings JSON file (default: <data-dir>/sfumato.json)")
 
 
@@ -45,11 +47,17 @@ def _txt2img_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--batch-count", type=int)
     p.add_argument("--clip-skip", type=int)
-    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], help="override the model's prediction type")
+    p.add_argument(
+        "--prediction", choices=["epsilon", "v_prediction"], help="override the model's prediction type"
+    )
     p.add_argument("--from-png", type=Path, help="rebuild the request from a PNG's parameters")
-    p.add_argument("--out", type=Path, help="save images in this folder (default outputs/txt2img-images/DATE)")
+    p.add_argument(
+        "--out", type=Path, help="save images in this folder (default outputs/txt2img-images/DATE)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (default: fp16 on GPU, fp32 on CPU)")
+    p.add_argument(
+        "--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (default: fp16 on GPU, fp32 on CPU)"
+    )
     _add_common(p)
     p.set_defaults(handler=cmd_txt2img)
 
@@ -108,13 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, **cli: Any):
-    from sfumato.settings import load_settings  # noqa: PLC0415 - keep `--help` fast
+    from sfumato.settings import load_settings
 
     return load_settings({"data_dir": args.data_dir, **cli}, settings_file=args.settings)
 
 
 def cmd_png_info(args: argparse.Namespace) -> int:
-    from sfumato.pnginfo import as_json, as_text, read_metadata  # noqa: PLC0415
+    from sfumato.pnginfo import as_json, as_text, read_metadata
 
     meta = read_metadata(args.file)
     if args.json:
@@ -125,7 +133,7 @@ def cmd_png_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from sfumato.models.catalog import describe_checkpoints  # noqa: PLC0415
+    from sfumato.models.catalog import describe_checkpoints
 
     rows = describe_checkpoints(_settings(args))
     if args.json:
@@ -136,7 +144,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         return 0
     header = ("name", "family", "dtype", "size", "hash")
     table = [header] + [
-        (r["name"], r["family"], r["dtype"], f"{r['size_bytes'] / 2**20:,.1f} MiB", r["hash"] or "") for r in rows
+        (r["name"], r["family"], r["dtype"], f"{r['size_bytes'] / 2**20:,.1f} MiB", r["hash"] or "")
+        for r in rows
     ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
@@ -160,7 +169,7 @@ def _interrupt_flag() -> tuple[Callable[[], bool], Callable[[], None]]:
 
 
 def cmd_txt2img(args: argparse.Namespace) -> int:
-    from sfumato.app import Txt2ImgJob  # noqa: PLC0415 - torch import is slow; keep --help instant
+    from sfumato.app import Txt2ImgJob
 
     fields = {field: getattr(args, flag) for flag, field in TXT2IMG_FLAG_FIELDS.items()}
     fields = {k: v for k, v in fields.items() if v is not None}

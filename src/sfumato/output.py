@@ -22,7 +22,11 @@ LEADING_NUMBER = re.compile(r"^(\d+)-")
 
 def next_sequence_number(folder: Path) -> int:
     """One more than the largest `NNNNN-` prefix in the folder (A1111's numbering), 0 when empty."""
-    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := LEADING_NUMBER.match(p.name))] if folder.is_dir() else []
+    numbers = (
+        [int(m.group(1)) for p in folder.iterdir() if (m := LEADING_NUMBER.match(p.name))]
+        if folder.is_dir()
+        else []
+    )
     return max(numbers, default=-1) + 1
 
 

@@ -58,12 +58,30 @@ class CheckpointInfo:
     vae_config: dict[str, Any] | None  # None: no VAE baked in
     text_encoders: tuple[TextEncoderSpec, ...] = field(default_factory=tuple)
     dtype: str = "float32"
+    resolution: tuple[int, int] | None = None  # (width, height) the file declares, if any
 
-    @property
-    def native_size(self) -> int:
-        if self.family == "sd2" and self.prediction == "v_prediction":
-            return 768
-        return NATIVE_SIZE[self.family]
+
+def native_resolution(
+    family: Family, prediction: Prediction, declared: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The size a model was trained at: what the file declares, else the family's (SD2-v: 768)."""
+    if declared:
+        return declared
+    side = 768 if family == "sd2" and prediction == "v_prediction" else NATIVE_SIZE[family]
+    return side, side
+
+
+def read_modelspec(metadata: Mapping[str, str]) -> tuple[tuple[int, int] | None, Prediction | None]:
+    """Resolution and prediction type from Stability's `modelspec.*` safetensors metadata, when present
+    (our own exports write it too, which is how small custom-resolution models declare their size)."""
+    resolution = None
+    if match := re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", metadata.get("modelspec.resolution", "")):
+        resolution = (int(match.group(1)), int(match.group(2)))
+    kind = metadata.get("modelspec.prediction_type", "").lower()
+    prediction: Prediction | None = (
+        "v_prediction" if kind.startswith("v") else "epsilon" if kind.startswith("eps") else None
+    )
+    return resolution, prediction
 
 
 def _indices(keys: list[str], pattern: str) -> list[int]:
@@ -84,7 +102,9 @@ def _heads(channels: int) -> int:
     return max(1, channels // width)
 
 
-def infer_unet_config(sd: Mapping[str, torch.Tensor], keys: list[str], prefix: str = UNET_PREFIX) -> dict[str, Any]:
+def infer_unet_config(
+    sd: Mapping[str, torch.Tensor], keys: list[str], prefix: str = UNET_PREFIX
+) -> dict[str, Any]:
     """A diffusers `UNet2DConditionModel` config from an LDM UNet's shapes."""
     p = re.escape(prefix)
 
@@ -106,7 +126,9 @@ def infer_unet_config(sd: Mapping[str, torch.Tensor], keys: list[str], prefix: s
         levels.pop()
     num_res_blocks = len(levels[0])
     if any(len(level) != num_res_blocks for level in levels):
-        raise ModelFileError("UNet levels have different numbers of res blocks; this architecture is not supported")
+        raise ModelFileError(
+            "UNet levels have different numbers of res blocks; this architecture is not supported"
+        )
     block_out = [level[0][0] for level in levels]
     depths = [level[0][1] for level in levels]
     # The up path mirrors the down path, but its transformer depths may differ (SDXL's do not; some
@@ -151,7 +173,9 @@ def infer_unet_config(sd: Mapping[str, torch.Tensor], keys: list[str], prefix: s
     return config
 
 
-def infer_vae_config(sd: Mapping[str, torch.Tensor], keys: list[str], prefix: str, family: Family) -> dict[str, Any]:
+def infer_vae_config(
+    sd: Mapping[str, torch.Tensor], keys: list[str], prefix: str, family: Family
+) -> dict[str, Any]:
     """A diffusers `AutoencoderKL` config from an LDM VAE's shapes."""
     p = re.escape(prefix)
     conv_in = tensor_shape(sd, prefix + "encoder.conv_in.weight")
@@ -224,7 +248,9 @@ def _open_clip_spec(
         "eos_token_id": 49407,
         "pad_token_id": 0,
     }
-    return TextEncoderSpec("open_clip", prefix, config, with_projection=with_projection, layers_in_file=layers)
+    return TextEncoderSpec(
+        "open_clip", prefix, config, with_projection=with_projection, layers_in_file=layers
+    )
 
 
 def _dtype_of(sd: Mapping[str, torch.Tensor], key: str) -> str:
@@ -248,7 +274,9 @@ def detect_checkpoint(sd: Mapping[str, torch.Tensor], *, name: str = "checkpoint
     elif any(k.startswith(CLIP_L_PREFIXES["sd1"]) for k in keys):
         family = "sd1"
     else:
-        raise ModelFileError(f"{name}: has a UNet but no text encoder this program knows (SD1/SD2/SDXL layouts)")
+        raise ModelFileError(
+            f"{name}: has a UNet but no text encoder this program knows (SD1/SD2/SDXL layouts)"
+        )
 
     unet_config = infer_unet_config(sd, keys)
     in_channels = unet_config["in_channels"]
@@ -269,16 +297,22 @@ def detect_checkpoint(sd: Mapping[str, torch.Tensor], *, name: str = "checkpoint
             raise ModelFileError(f"{name}: SDXL UNet's size embedding does not fit its text encoder")
         unet_config["addition_time_embed_dim"] = (adm - pooled) // 6
     elif family == "sd2":
-        encoders = (_open_clip_spec(sd, keys, OPEN_CLIP_PREFIXES["sd2"], with_projection=False, drop_last=True),)
+        encoders = (
+            _open_clip_spec(sd, keys, OPEN_CLIP_PREFIXES["sd2"], with_projection=False, drop_last=True),
+        )
     else:
         encoders = (_clip_l_spec(sd, keys, CLIP_L_PREFIXES["sd1"]),)
 
     vae_config = None
     if f"{VAE_PREFIX}encoder.conv_in.weight" in sd:
         vae_config = infer_vae_config(sd, keys, VAE_PREFIX, family)
+    resolution, declared_prediction = read_modelspec(getattr(sd, "metadata", {}) or {})
     prediction: Prediction | None = "epsilon" if family in ("sd1", "sdxl") else None
     if "v_pred" in sd:  # ComfyUI's marker tensor for v-prediction checkpoints
         prediction = "v_prediction"
+    prediction = declared_prediction or prediction
+    if resolution:
+        unet_config["sample_size"] = resolution[1] // 8
     return CheckpointInfo(
         family=family,
         variant=variant,
@@ -287,6 +321,7 @@ def detect_checkpoint(sd: Mapping[str, torch.Tensor], *, name: str = "checkpoint
         vae_config=vae_config,
         text_encoders=encoders,
         dtype=_dtype_of(sd, f"{UNET_PREFIX}input_blocks.0.0.weight"),
+        resolution=resolution,
     )
 
 

@@ -76,7 +76,9 @@ def _check_safetensors_length(path: Path) -> None:
                 raise ValueError("header longer than the file")
             header = json.loads(f.read(header_len))
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path}: not a valid safetensors file ({exc}); it may be truncated or corrupt") from exc
+        raise ModelFileError(
+            f"{path}: not a valid safetensors file ({exc}); it may be truncated or corrupt"
+        ) from exc
     ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
     expected = 8 + header_len + max(ends, default=0)
     if size < expected:
@@ -105,7 +107,9 @@ def load_pickled_state_dict(path: Path) -> dict[str, torch.Tensor]:
             "safetensors version of the model"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelFileError(f"{path}: cannot read this checkpoint ({exc}); it may be truncated or corrupt") from exc
+        raise ModelFileError(
+            f"{path}: cannot read this checkpoint ({exc}); it may be truncated or corrupt"
+        ) from exc
     return _unwrap_state_dict(obj, path)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -28,7 +28,6 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from sfumato.errors import ModelFileError
 from sfumato.models.detect import (
-    NATIVE_SIZE,
     CheckpointInfo,
     Family,
     Prediction,
@@ -36,6 +35,7 @@ from sfumato.models.detect import (
     Variant,
     detect_checkpoint,
     detect_vae_file,
+    native_resolution,
 )
 from sfumato.models.files import open_state_dict
 
@@ -58,14 +58,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     alphas_cumprod: torch.Tensor
+    native_size: tuple[int, int]  # (width, height) it was trained at: the default output size
     vae_path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def native_size(self) -> int:
-        if self.family == "sd2" and self.prediction == "v_prediction":
-            return 768
-        return NATIVE_SIZE[self.family]
 
     @property
     def latent_channels(self) -> int:
@@ -92,7 +86,9 @@ def clip_tokenizer(pad_with_zero: bool) -> CLIPTokenizer:
         )
 
 
-def sd_alphas_cumprod(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+def sd_alphas_cumprod(
+    num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> torch.Tensor:
     """Stable Diffusion's training noise schedule ("scaled_linear" betas), the same for SD1, SD2 and SDXL."""
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0).float()
@@ -227,13 +223,18 @@ def load_single_file(
         device=device,
         dtype=dtype,
         alphas_cumprod=sd_alphas_cumprod(),
+        native_size=native_resolution(info.family, pred, info.resolution),
     )
 
 
 def _family_of_diffusers(unet_config: Mapping[str, Any], has_second_encoder: bool) -> Family:
     if has_second_encoder or unet_config.get("addition_embed_type") == "text_time":
         return "sdxl"
-    return "sd2" if unet_config.get("cross_attention_dim") == 1024 or unet_config.get("use_linear_projection") else "sd1"
+    return (
+        "sd2"
+        if unet_config.get("cross_attention_dim") == 1024 or unet_config.get("use_linear_projection")
+        else "sd1"
+    )
 
 
 def load_diffusers_folder(
@@ -254,7 +255,9 @@ def load_diffusers_folder(
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
         encoders: list[Any] = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)]
         if "text_encoder_2" in index:
-            encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw))
+            encoders.append(
+                CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw)
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: not a loadable diffusers Stable Diffusion folder ({exc})") from exc
     family = _family_of_diffusers(unet.config, len(encoders) > 1)
@@ -266,7 +269,9 @@ def load_diffusers_folder(
     pred: Prediction = prediction or ("v_prediction" if scheduler_pred == "v_prediction" else "epsilon")
     variant = {4: "base", 9: "inpaint", 8: "pix2pix"}.get(unet.config.in_channels)
     if variant is None:
-        raise ModelFileError(f"{path}: UNet takes {unet.config.in_channels} input channels; expected 4, 8 or 9")
+        raise ModelFileError(
+            f"{path}: UNet takes {unet.config.in_channels} input channels; expected 4, 8 or 9"
+        )
     return LoadedModel(
         name=path.name,
         path=path,
@@ -280,6 +285,7 @@ def load_diffusers_folder(
         device=device,
         dtype=dtype,
         alphas_cumprod=sd_alphas_cumprod(),
+        native_size=(unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1),) * 2,
     )
 
 

@@ -53,7 +53,11 @@ def scan_folder(root: Path, *, allow_diffusers_dirs: bool) -> list[ModelEntry]:
     """Model files below `root`, sorted by relative path; a diffusers folder counts as one model."""
     if not root.is_dir():
         return []
-    paths = [p for p in sorted(root.rglob("*")) if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    paths = [
+        p
+        for p in sorted(root.rglob("*"))
+        if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
     diffusers_dirs = {p.parent for p in paths if p.name == "model_index.json"}
     found: list[ModelEntry] = []
     for path in paths:
@@ -89,13 +93,19 @@ def _match(entries: list[ModelEntry], query: str, hashes: HashCache | None) -> M
     wanted = title.group("name") if title else query
     lowered = wanted.lower().replace("\\", "/")
     for entry in entries:
-        if lowered in (entry.relative.lower(), entry.name.lower(), entry.path.name.lower(), entry.path.stem.lower()):
+        if lowered in (
+            entry.relative.lower(),
+            entry.name.lower(),
+            entry.path.name.lower(),
+            entry.path.stem.lower(),
+        ):
             return entry
     short = (title.group("hash") if title else query).lower()
     if hashes and re.fullmatch(r"[0-9a-f]{8}|[0-9a-f]{10}", short):
         for entry in entries:
             if entry.path.is_file() and (
-                hashes.autov2(entry.path) == short or (len(short) == 8 and old_a1111_hash(entry.path) == short)
+                hashes.autov2(entry.path) == short
+                or (len(short) == 8 and old_a1111_hash(entry.path) == short)
             ):
                 return entry
     return None
@@ -150,7 +160,7 @@ class ModelManager:
     def _placeholder_checkpoint(self) -> Path:
         """Until the embedded default model ships, a tiny random-weight SD1 model stands in: it proves
         the whole path works, and we say plainly that what it draws is noise."""
-        from sfumato.testing.tiny_models import write_single_file  # noqa: PLC0415 - rare path
+        from sfumato.testing.tiny_models import write_single_file
 
         path = self.settings.data_dir / ".sfumato" / "placeholder-random-sd1.safetensors"
         if not path.is_file():
@@ -176,7 +186,9 @@ class ModelManager:
             return None
         return resolve_model_path(query, list_vaes(self.settings), "VAE", self.hashes, field="vae")
 
-    def load(self, model: str | None, vae: str | None = None, prediction: Prediction | None = None) -> LoadedModel:
+    def load(
+        self, model: str | None, vae: str | None = None, prediction: Prediction | None = None
+    ) -> LoadedModel:
         path = self.checkpoint_path(model)
         vae_file = self.vae_path(vae, path)
         stat = path.stat()

@@ -13,8 +13,8 @@ from sfumato.prompts.encode import Conditioning, encode_prompt
 from sfumato.request import GenerationRequest
 from sfumato.sampling.denoiser import GuidedDenoiser, ModelDenoiser, UNetExtras
 from sfumato.sampling.discrete import DiscreteSchedule
-from sfumato.sampling.noise import ImageRNG
-from sfumato.sampling.samplers import StepInfo, get_sampler, split_sampler_name
+from sfumato.sampling.noise import BrownianTreeNoiseSampler, ImageRNG, ImageRNGNoiseSampler, NoiseSampler
+from sfumato.sampling.samplers import SamplerInfo, StepInfo, get_sampler, split_sampler_name
 from sfumato.sampling.schedules import make_sigmas
 from sfumato.tasks.common import Progress, RunControl, decode_latents, resolve_seed, stop_check
 
@@ -62,20 +62,27 @@ class ConditioningCache:
         return self._cache[text]
 
 
-def generate(model: LoadedModel, request: GenerationRequest, control: RunControl | None = None) -> list[GeneratedImage]:
+def generate(
+    model: LoadedModel, request: GenerationRequest, control: RunControl | None = None
+) -> list[GeneratedImage]:
     """Run a txt2img request: `n_iter` batches of `batch_size` images, seeds counting up from `seed`."""
     control = control or RunControl()
     sampler_name, schedule_name = resolve_sampler(request)
     sampler = get_sampler(sampler_name)
-    width = request.width or model.native_size
-    height = request.height or model.native_size
+    width = request.width or model.native_size[0]
+    height = request.height or model.native_size[1]
     factor = model.vae_scale_factor
     if width % factor or height % factor:
         raise UserError(f"width and height must be multiples of {factor} for this model", field="width")
     seed = resolve_seed(request.seed)
     subseed = resolve_seed(request.subseed)
-    schedule = DiscreteSchedule(model.alphas_cumprod)
-    sigmas = make_sigmas(schedule_name, request.steps, schedule, sampler=sampler_name, family=model.family)
+    sigmas = make_sigmas(
+        schedule_name,
+        request.steps,
+        DiscreteSchedule(model.alphas_cumprod),
+        sampler=sampler_name,
+        family=model.family,
+    )
     encode = ConditioningCache(model, request.clip_skip)
     negative, positive = encode(request.negative_prompt), encode(request.prompt)
     shape = (model.latent_channels, height // factor, width // factor)
@@ -84,32 +91,46 @@ def generate(model: LoadedModel, request: GenerationRequest, control: RunControl
         first = batch_index * request.batch_size
         seeds = [seed + first + i for i in range(request.batch_size)]
         subseeds = [subseed + first + i for i in range(request.batch_size)]
-        latents, interrupted = _sample_batch(
-            model, request, sampler, sigmas, schedule, (negative, positive), shape, seeds, subseeds, control, first
+        latents, interrupted = sample_latents(
+            model, request, sampler, sigmas, (negative, positive), shape, seeds, subseeds, control, first
         )
         for offset, image in enumerate(decode_latents(model, latents)):
-            results.append(GeneratedImage(image, seeds[offset], subseeds[offset], first + offset, interrupted))
+            results.append(
+                GeneratedImage(image, seeds[offset], subseeds[offset], first + offset, interrupted)
+            )
         if interrupted:
             break
     return results
 
 
-def _sample_batch(
+def make_noise_sampler(
+    sampler: SamplerInfo, rng: ImageRNG, x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int]
+) -> NoiseSampler:
+    """Per-step noise as A1111 draws it: a brownian tree per image seed for the SDE samplers, the
+    images' own generator streams for everything else."""
+    if sampler.brownian:
+        positive = sigmas[sigmas > 0]
+        return BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seeds)
+    return ImageRNGNoiseSampler(rng, device=x.device, dtype=x.dtype)
+
+
+def sample_latents(
     model: LoadedModel,
     request: GenerationRequest,
-    sampler,
+    sampler: SamplerInfo,
     sigmas: torch.Tensor,
-    schedule: DiscreteSchedule,
     conds: tuple[Conditioning, Conditioning],
     shape: tuple[int, int, int],
     seeds: list[int],
     subseeds: list[int],
     control: RunControl,
-    first_index: int,
+    first_index: int = 0,
 ) -> tuple[torch.Tensor, bool]:
+    """Sample one batch of latents; returns (latents, interrupted). On interruption the latest
+    clean prediction is returned, as A1111 does, so the caller still gets an image."""
     batch = len(seeds)
     rng = ImageRNG(
-        (batch, *shape),
+        shape,
         seeds,
         subseeds=subseeds,
         subseed_strength=request.subseed_strength,
@@ -117,12 +138,16 @@ def _sample_batch(
         seed_resize_from_w=request.seed_resize_from_w,
     )
     device = model.device
-    x = rng.first().to(device, torch.float32) * sigmas[0].to(device)
+    x = rng.first().to(device, torch.float32) * sampler.initial_noise_scale(float(sigmas[0]))
     negative, positive = (Conditioning.batch([c] * batch) for c in conds)
-    time_ids = sdxl_time_ids(shape[2] * model.vae_scale_factor, shape[1] * model.vae_scale_factor, batch)
-    extras = UNetExtras(time_ids.to(device) if model.family == "sdxl" else None)
+    factor = model.vae_scale_factor
+    extras = UNetExtras(
+        sdxl_time_ids(shape[2] * factor, shape[1] * factor, batch).to(device)
+        if model.family == "sdxl"
+        else None
+    )
     denoiser = GuidedDenoiser(
-        ModelDenoiser(model.unet, schedule, model.prediction),
+        ModelDenoiser(model.unet, DiscreteSchedule(model.alphas_cumprod), model.prediction),
         sigmas,
         lambda step: (negative, positive),
         request.cfg_scale,
@@ -133,13 +158,20 @@ def _sample_batch(
     def on_step(info: StepInfo) -> None:
         last["denoised"] = info.denoised
         if control.on_step:
-            control.on_step(Progress(info.step + 1, info.total, first_index, info.denoised))
+            control.on_step(Progress(info.step + 1, info.total or 0, first_index, info.denoised))
         stop_check(control)
 
-    noise = sampler.make_noise(rng, x, sigmas, seeds)
+    options = {} if request.eta is None else {"eta": request.eta}
     try:
         with torch.no_grad():
-            out = sampler.fn(denoiser, x, sigmas.to(device), noise=noise, callback=on_step, **sampler.options(request.eta))
+            out = sampler(
+                denoiser,
+                x,
+                sigmas,
+                noise=make_noise_sampler(sampler, rng, x, sigmas, seeds),
+                callback=on_step,
+                **options,
+            )
     except InterruptedByUser:
         return last["denoised"], True
     return out, False
