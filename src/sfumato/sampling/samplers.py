@@ -23,6 +23,7 @@ per-image generators (`noise.ImageRNG`), or from the brownian tree for the DPM++
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Callable
@@ -758,7 +759,8 @@ class SamplerInfo:
     """Internal schedule name "Automatic" means for this sampler (A1111's per-sampler default)."""
     uses_noise: bool = False
     """Draws fresh noise with its default options (ancestral / SDE); then results depend on the seed
-    beyond the initial noise. Churn (s_churn > 0) also makes Euler/Heun/DPM2 draw noise."""
+    beyond the initial noise. Churn (s_churn > 0) also makes Euler/Heun/DPM2 draw noise, and Restart
+    only restarts (with noise) from 20 steps on."""
     brownian: bool = False
     """Wants `BrownianTreeNoiseSampler` (seeded per image) rather than the `ImageRNG` stream."""
     calls_per_step: int = 1
@@ -803,9 +805,8 @@ class SamplerInfo:
 
 
 def _option_names(fn: Callable[..., Any]) -> set[str]:
-    code = fn.__code__
-    names = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
-    return set(names) - {"noise", "callback"}
+    params = inspect.signature(fn).parameters.values()
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY} - {"noise", "callback"}
 
 
 def _dpm_fast_calls(sigmas: Tensor) -> int:
