@@ -32,12 +32,12 @@ def bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def read_bpe_gz(source: str | None) -> bytes:
     if source is None:
-        import open_clip  # noqa: PLC0415 - optional, only for this build step
+        import open_clip  # optional, only for this build step
 
         return (Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz").read_bytes()
     if source.endswith(".whl"):

@@ -33,7 +33,9 @@ class ModelDenoiser:
         self.schedule = schedule
         self.prediction = prediction
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, extras: UNetExtras) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, extras: UNetExtras
+    ) -> torch.Tensor:
         dtype = next(self.unet.parameters()).dtype
         sigma_b = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
         c_in = 1.0 / (sigma_b**2 + 1.0) ** 0.5
@@ -89,7 +91,9 @@ class GuidedDenoiser:
         if uncond.cross.shape[1] == cond.cross.shape[1]:
             both = Conditioning.batch([uncond, cond])
             extras = UNetExtras(None if self.extras.time_ids is None else self.extras.time_ids.repeat(2, 1))
-            out_uncond, out_cond = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), both, extras).chunk(2)
+            out_uncond, out_cond = self.model(
+                torch.cat([x, x]), torch.cat([sigma, sigma]), both, extras
+            ).chunk(2)
         else:  # different chunk counts cannot share a batch; A1111 runs them apart too
             out_uncond = self.model(x, sigma, uncond, self.extras)
             out_cond = self.model(x, sigma, cond, self.extras)
