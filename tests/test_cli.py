@@ -87,6 +87,7 @@ def test_batches_count_seeds_up(data_dir, capsys):
         (["txt2img", "x", "--steps", "many"], "invalid int value"),
         (["txt2img"], "a prompt is needed"),
         (["txt2img", "x", "--device", "quantum"], "device"),
+        (["txt2img", "x", "--scheduler", "Karas"], "did you mean 'Karras'"),
         (["png-info", "no-such.png"], "no-such.png"),
     ],
 )
@@ -152,3 +153,10 @@ def test_ctrl_c_sets_the_flag_then_stops_hard():
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         restore()
+
+
+def test_without_any_checkpoint_a_placeholder_runs_and_says_it_is_noise(tmp_path, capsys):
+    code, lines, err = run(capsys, "txt2img", "a red circle", "--data-dir", tmp_path, *FAST)
+    assert code == 0
+    assert len(lines) == 1 and lines[0].endswith(".png")
+    assert "RANDOM-WEIGHT placeholder" in err and "noise" in err

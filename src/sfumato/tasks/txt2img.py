@@ -15,7 +15,7 @@ from sfumato.sampling.denoiser import GuidedDenoiser, ModelDenoiser, UNetExtras
 from sfumato.sampling.discrete import DiscreteSchedule
 from sfumato.sampling.noise import BrownianTreeNoiseSampler, ImageRNG, ImageRNGNoiseSampler, NoiseSampler
 from sfumato.sampling.samplers import SamplerInfo, StepInfo, get_sampler, split_sampler_name
-from sfumato.sampling.schedules import make_sigmas
+from sfumato.sampling.schedules import get_schedule, make_sigmas
 from sfumato.tasks.common import Progress, RunControl, decode_latents, resolve_seed, stop_check
 
 
@@ -31,16 +31,18 @@ class GeneratedImage:
 
 
 def resolve_sampler(request: GenerationRequest) -> tuple[str, str]:
-    """Sampler and schedule names, accepting A1111's old combined names ("DPM++ 2M Karras")."""
-    sampler, schedule = split_sampler_name(request.sampler_name)
-    spec = get_sampler(sampler)
-    if schedule and request.scheduler not in ("Automatic", schedule):
+    """Canonical sampler name and schedule label, accepting A1111's old combined names ("DPM++ 2M
+    Karras") and any case; raises UserError for unknown names or a combined name that contradicts
+    the scheduler field."""
+    sampler, combined_schedule = split_sampler_name(request.sampler_name)
+    schedule = get_schedule(request.scheduler).label
+    if combined_schedule and schedule not in ("Automatic", combined_schedule):
         raise UserError(
-            f"sampler_name {request.sampler_name!r} names schedule {schedule!r}, but scheduler is "
+            f"sampler_name {request.sampler_name!r} names schedule {combined_schedule!r}, but scheduler is "
             f"{request.scheduler!r}",
             field="scheduler",
         )
-    return spec.name, schedule or request.scheduler
+    return get_sampler(sampler).name, combined_schedule or schedule
 
 
 def sdxl_time_ids(width: int, height: int, batch: int) -> torch.Tensor:
