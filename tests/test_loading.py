@@ -177,3 +177,14 @@ def test_models_list_describes_each_checkpoint(data_dir, tiny_models):
     assert rows["tiny-sd1"]["family"] == "sd1" and rows["tiny-sd1"]["dtype"] == "float32"
     assert rows["xl"]["family"] == "sdxl" and len(rows["xl"]["hash"]) == 10
     assert rows["broken"]["family"] == "unreadable"
+
+
+def test_diffusers_layout_vae_file_loads(data_dir):
+    other = write_single_file(data_dir / "other.safetensors", "sd1", seed=4)
+    (data_dir / "models/VAE").mkdir(parents=True)
+    save_file(
+        {k: v.contiguous() for k, v in other.vae.state_dict().items()},
+        str(data_dir / "models/VAE/diffusers-vae.safetensors"),
+    )
+    manager = ModelManager(load_settings({"data_dir": data_dir}, env={}), device=CPU, dtype=torch.float32)
+    _same_weights(other.vae, manager.load("tiny-sd1", vae="diffusers-vae").vae)

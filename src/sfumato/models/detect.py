@@ -173,30 +173,54 @@ def infer_unet_config(
     return config
 
 
-def infer_vae_config(
-    sd: Mapping[str, torch.Tensor], keys: list[str], prefix: str, family: Family
+def _vae_config(
+    in_channels: int, out_channels: int, block_out: list[int], layers: int, latent: int, family: Family
 ) -> dict[str, Any]:
-    """A diffusers `AutoencoderKL` config from an LDM VAE's shapes."""
-    p = re.escape(prefix)
-    conv_in = tensor_shape(sd, prefix + "encoder.conv_in.weight")
-    ch = conv_in[0]
-    levels = _indices(keys, rf"{p}encoder\.down\.(\d+)\.")
-    block_out = [tensor_shape(sd, f"{prefix}encoder.down.{i}.block.0.conv2.weight")[0] for i in levels]
-    latent_channels = tensor_shape(sd, prefix + "quant_conv.weight")[0] // 2
-    groups = 32 if all(c % 32 == 0 for c in [ch, *block_out]) else 8
     return {
-        "in_channels": conv_in[1],
-        "out_channels": tensor_shape(sd, prefix + "decoder.conv_out.weight")[0],
-        "down_block_types": ["DownEncoderBlock2D"] * len(levels),
-        "up_block_types": ["UpDecoderBlock2D"] * len(levels),
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "down_block_types": ["DownEncoderBlock2D"] * len(block_out),
+        "up_block_types": ["UpDecoderBlock2D"] * len(block_out),
         "block_out_channels": block_out,
-        "layers_per_block": _count(keys, rf"{p}encoder\.down\.0\.block\.(\d+)\."),
-        "latent_channels": latent_channels,
-        "norm_num_groups": groups,
+        "layers_per_block": layers,
+        "latent_channels": latent,
+        "norm_num_groups": 32 if all(c % 32 == 0 for c in block_out) else 8,
         "sample_size": NATIVE_SIZE[family],
         "scaling_factor": VAE_SCALING[family],
         "force_upcast": family == "sdxl",
     }
+
+
+def infer_vae_config(
+    sd: Mapping[str, torch.Tensor], keys: list[str], prefix: str, family: Family
+) -> dict[str, Any]:
+    """A diffusers `AutoencoderKL` config from an LDM VAE's shapes (`encoder.down.N.block.M`)."""
+    p = re.escape(prefix)
+    levels = _indices(keys, rf"{p}encoder\.down\.(\d+)\.")
+    return _vae_config(
+        tensor_shape(sd, prefix + "encoder.conv_in.weight")[1],
+        tensor_shape(sd, prefix + "decoder.conv_out.weight")[0],
+        [tensor_shape(sd, f"{prefix}encoder.down.{i}.block.0.conv2.weight")[0] for i in levels],
+        _count(keys, rf"{p}encoder\.down\.0\.block\.(\d+)\."),
+        tensor_shape(sd, prefix + "quant_conv.weight")[0] // 2,
+        family,
+    )
+
+
+def _infer_diffusers_vae_config(
+    sd: Mapping[str, torch.Tensor], keys: list[str], prefix: str, family: Family
+) -> dict:
+    """The same from diffusers' own layout (`encoder.down_blocks.N.resnets.M`), e.g. the SDXL VAE file."""
+    p = re.escape(prefix)
+    levels = _indices(keys, rf"{p}encoder\.down_blocks\.(\d+)\.")
+    return _vae_config(
+        tensor_shape(sd, prefix + "encoder.conv_in.weight")[1],
+        tensor_shape(sd, prefix + "decoder.conv_out.weight")[0],
+        [tensor_shape(sd, f"{prefix}encoder.down_blocks.{i}.resnets.0.conv2.weight")[0] for i in levels],
+        _count(keys, rf"{p}encoder\.down_blocks\.0\.resnets\.(\d+)\."),
+        tensor_shape(sd, prefix + "quant_conv.weight")[0] // 2,
+        family,
+    )
 
 
 def _clip_l_spec(sd: Mapping[str, torch.Tensor], keys: list[str], prefix: str) -> TextEncoderSpec:
@@ -340,9 +364,12 @@ def _guess_other_kind(keys: list[str]) -> str:
 
 
 def detect_vae_file(sd: Mapping[str, torch.Tensor], family: Family, *, name: str = "VAE") -> tuple[dict, str]:
-    """Config and key prefix of a standalone VAE file (bare LDM keys, or a full checkpoint's VAE)."""
+    """Config and key prefix of a standalone VAE file: LDM layout (bare or inside a full checkpoint,
+    `encoder.down.*`) or diffusers layout (`encoder.down_blocks.*`)."""
     keys = list(sd.keys())
     for prefix in ("", VAE_PREFIX, "vae."):
-        if f"{prefix}encoder.conv_in.weight" in sd:
+        if f"{prefix}encoder.down_blocks.0.resnets.0.conv1.weight" in sd:
+            return _infer_diffusers_vae_config(sd, keys, prefix, family), prefix
+        if f"{prefix}encoder.down.0.block.0.conv1.weight" in sd:
             return infer_vae_config(sd, keys, prefix, family), prefix
-    raise ModelFileError(f"{name}: not a VAE (no encoder.conv_in.weight); {_guess_other_kind(keys)}")
+    raise ModelFileError(f"{name}: not a VAE (no encoder weights found); {_guess_other_kind(keys)}")
