@@ -305,12 +305,13 @@ def _result(
 def role_ours(steps: int, size: int) -> dict[str, Any]:
     import torch
 
+    from sfumato import runtime
     from sfumato.models.loader import load_single_file
     from sfumato.request import build_request
     from sfumato.tasks.common import RunControl
     from sfumato.tasks.txt2img import generate
 
-    torch.set_num_threads(THREADS)
+    runtime.configure(THREADS)  # what every sfumato process does at start (allocator tuning, threads)
     start = time.perf_counter()
     model = load_single_file(checkpoint_path(), device=torch.device("cpu"), dtype=torch.float32)
     load_s = time.perf_counter() - start

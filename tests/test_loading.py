@@ -60,14 +60,14 @@ def test_single_file_loads_exact_weights(tiny_models, variant, family, kind):
             torch.testing.assert_close(got2.text_embeds, ref2.text_embeds)
 
 
-def test_fp16_file_loads_into_fp32(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_files_load_into_fp32(tmp_path, dtype):
     path = tmp_path / "half.safetensors"
-    built = write_single_file(path, "sd1", seed=1, dtype=torch.float16)
-    info_dtype = open_state_dict(path)["model.diffusion_model.input_blocks.0.0.weight"].dtype
-    assert info_dtype == torch.float16
+    built = write_single_file(path, "sd1", seed=1, dtype=dtype)
+    assert open_state_dict(path)["model.diffusion_model.input_blocks.0.0.weight"].dtype == dtype
     model = load_single_file(path, device=CPU, dtype=torch.float32)
     assert next(model.unet.parameters()).dtype == torch.float32
-    _same_weights(built.unet.half(), model.unet)
+    _same_weights(built.unet.to(dtype), model.unet)
 
 
 def test_weights_only_ckpt_loads(tmp_path):

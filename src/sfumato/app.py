@@ -11,10 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
-from sfumato import infotext
+from sfumato import infotext, runtime
 from sfumato.devices import pick_device, pick_dtype
 from sfumato.errors import UserError
 from sfumato.generation_params import infotext_params, request_fields_from_infotext
@@ -65,8 +64,7 @@ class Txt2ImgJob:
         from_png: Path | None = None,
         out_dir: Path | None = None,
     ) -> None:
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        runtime.configure(settings.threads)
         self.settings = settings
         self.device = pick_device(settings.device)
         self.manager = ModelManager(

@@ -7,6 +7,7 @@ AutoV2 / old short hash. The ModelManager keeps the loaded checkpoint so consecu
 
 from __future__ import annotations
 
+import gc
 import re
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from sfumato.models.detect import Prediction
 from sfumato.models.files import MODEL_SUFFIXES, PICKLE_SUFFIXES
 from sfumato.models.hashes import HashCache, old_a1111_hash
 from sfumato.models.loader import LoadedModel, load_checkpoint, load_vae_file
+from sfumato.runtime import release_memory
 from sfumato.settings import Settings
 
 VAE_SIDE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
@@ -206,8 +208,12 @@ class ModelManager:
         return loaded
 
     def unload(self) -> None:
+        had_model = self._loaded is not None
         self._loaded = None
         self._loaded_key = None
+        if had_model:
+            gc.collect()
+            release_memory()  # the allocator keeps freed blocks (sfumato.runtime); hand them back now
 
     def model_hash(self, path: Path) -> str | None:
         if not path.is_file():
