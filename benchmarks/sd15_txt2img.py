@@ -335,7 +335,7 @@ def role_ours(steps: int, size: int) -> dict[str, Any]:
     control = RunControl(on_step=lambda progress: marks.append(time.perf_counter()))
     snapshot = _cpu_snapshot()
     start = time.perf_counter()
-    images = generate(model, request, control)
+    images = generate(model, request, control).images
     image_s = time.perf_counter() - start
     assert len(images) == 1 and images[0].image.size == (size, size)
     out = _result(load_s, image_s, probes, marks, _other_load(snapshot, _cpu_snapshot()))

@@ -21,7 +21,7 @@ def sd1(tiny_models):
 
 def pixels(model, **fields):
     request = build_request(prompt="a red circle", width=64, height=64, steps=3, **fields)
-    return [np.asarray(g.image) for g in generate(model, request)]
+    return [np.asarray(g.image) for g in generate(model, request).images]
 
 
 @pytest.mark.parametrize("sampler", [s.name for s in SAMPLERS])
@@ -63,7 +63,7 @@ def test_long_prompts_are_chunked_not_truncated(sd1):
     long_prompt = ", ".join(["a red circle"] * 40)  # > 75 tokens: two chunks
     short = pixels(sd1, sampler_name="Euler", seed=1)
     request = build_request(prompt=long_prompt, width=64, height=64, steps=3, sampler_name="Euler", seed=1)
-    assert not np.array_equal(short[0], np.asarray(generate(sd1, request)[0].image))
+    assert not np.array_equal(short[0], np.asarray(generate(sd1, request).images[0].image))
 
 
 def test_progress_reports_every_step(sd1):

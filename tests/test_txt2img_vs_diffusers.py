@@ -20,7 +20,8 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from sfumato.models.loader import load_single_file
-from sfumato.prompts.encode import encode_prompt
+from sfumato.prompts.encode import PromptEncoder, encode_prompt
+from sfumato.prompts.plan import ConditioningPlan
 from sfumato.request import build_request
 from sfumato.sampling import DiscreteSchedule, get_sampler, make_sigmas
 from sfumato.tasks.common import RunControl
@@ -69,9 +70,9 @@ def ours(
         sigmas = make_sigmas(
             schedule, steps, DiscreteSchedule(model.alphas_cumprod), sampler=sampler, family=model.family
         )
-    conds = (encode_prompt(model, NEGATIVE), encode_prompt(model, PROMPT))
+    plan = ConditioningPlan.build(PromptEncoder(model), PROMPT, NEGATIVE, steps, len(SEEDS))
     latents, interrupted = sample_latents(
-        model, request, info, sigmas, conds, (4, 8, 8), SEEDS, SEEDS, RunControl()
+        model, request, info, sigmas, plan, (4, 8, 8), SEEDS, SEEDS, RunControl()
     )
     assert not interrupted
     start = info.initial_noise_scale(float(sigmas[0]))

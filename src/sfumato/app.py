@@ -7,6 +7,7 @@ what was made).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,11 +91,13 @@ class Txt2ImgJob:
                 bar.update(1)
 
             control = RunControl(on_step=on_step, should_stop=should_stop)
-            images = generate(model, self.request, control)
+            result = generate(model, self.request, control)
+        for note in result.notes:
+            print(f"sfumato: {note}", file=sys.stderr)
         self.interrupted = control.interrupted
         folder = self.out_dir or images_folder(self.settings.outputs, "txt2img")
         saved = []
-        for generated in images:
+        for generated in result.images:
             text = self.infotext_for(model, generated.seed, generated.subseed, generated.image.size)
             path = save_png(generated.image, folder, generated.seed, text)
             on_saved(path)

@@ -39,6 +39,7 @@ class GenerationRequest(BaseModel):
     batch_size: int = Field(1, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=10000)
     clip_skip: int = Field(1, ge=1, le=12)
+    emphasis: Literal["Original", "No norm", "None"] = "Original"  # A1111's emphasis mode
     model: str | None = None  # checkpoint name, title, hash or path; None: the default model
     vae: str | None = None  # "Automatic" / None: the checkpoint's own or its x.vae.* file; "None": baked-in
     prediction: Literal["epsilon", "v_prediction"] | None = None  # override for SD2-style ambiguity

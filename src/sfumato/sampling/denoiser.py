@@ -54,15 +54,18 @@ class ModelDenoiser:
         return x - out * sigma_b
 
 
-ConditioningAt = Callable[[int], tuple[Conditioning, Conditioning]]
-"""Given a step index, the (negative, positive) conditioning for the whole batch at that step."""
+ConditioningAt = Callable[[int], tuple[Conditioning, list[tuple[Conditioning, float]]]]
+"""Given a step index: the negative conditioning and the weighted positive parts (AND), for the batch."""
 
 
 class GuidedDenoiser:
-    """Classifier-free guidance over a per-step conditioning schedule: x0 = u + scale·(c − u).
+    """Classifier-free guidance with composable (AND) prompts over a per-step conditioning schedule:
+    x0 = u + Σ_i weight_i · scale · (c_i − u), as A1111 computes it.
 
-    The step a model call belongs to is found from its sigma (the last schedule sigma at or above it),
-    so multi-evaluation samplers (Heun, DPM2) see the conditioning of the step they are in.
+    All conditionings of the same token length go through the UNet in one batch; prompts of different
+    lengths cannot share a batch, so they run apart (A1111's default too). The step a model call
+    belongs to is found from its sigma (the last schedule sigma at or above it), so multi-evaluation
+    samplers (Heun, DPM2) see the conditioning of the step they are in.
     """
 
     def __init__(
@@ -85,16 +88,28 @@ class GuidedDenoiser:
         return max(0, min(above - 1, len(self.sigmas) - 2))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        uncond, cond = self.conditioning_at(self.step_for(sigma))
-        if self.cfg_scale == 1.0:
-            return self.model(x, sigma, cond, self.extras)
-        if uncond.cross.shape[1] == cond.cross.shape[1]:
-            both = Conditioning.batch([uncond, cond])
-            extras = UNetExtras(None if self.extras.time_ids is None else self.extras.time_ids.repeat(2, 1))
-            out_uncond, out_cond = self.model(
-                torch.cat([x, x]), torch.cat([sigma, sigma]), both, extras
-            ).chunk(2)
-        else:  # different chunk counts cannot share a batch; A1111 runs them apart too
-            out_uncond = self.model(x, sigma, uncond, self.extras)
-            out_cond = self.model(x, sigma, cond, self.extras)
-        return out_uncond + (out_cond - out_uncond) * self.cfg_scale
+        uncond, parts = self.conditioning_at(self.step_for(sigma))
+        if self.cfg_scale == 1.0 and len(parts) == 1 and parts[0][1] == 1.0:
+            return self.model(x, sigma, parts[0][0], self.extras)  # u + 1·(c − u) = c: skip u
+        outputs = self._run_all(x, sigma, [uncond, *(cond for cond, _ in parts)])
+        out_uncond = outputs[0]
+        result = out_uncond.clone()
+        for (_, weight), out_cond in zip(parts, outputs[1:], strict=True):
+            result += (out_cond - out_uncond) * (weight * self.cfg_scale)
+        return result
+
+    def _run_all(self, x: torch.Tensor, sigma: torch.Tensor, conds: list[Conditioning]) -> list[torch.Tensor]:
+        """UNet outputs for each conditioning, batching those of equal length into one call."""
+        outputs: list[torch.Tensor | None] = [None] * len(conds)
+        by_length: dict[int, list[int]] = {}
+        for index, cond in enumerate(conds):
+            by_length.setdefault(cond.cross.shape[1], []).append(index)
+        for indices in by_length.values():
+            n = len(indices)
+            time_ids = self.extras.time_ids
+            extras = UNetExtras(None if time_ids is None else time_ids.repeat(n, 1))
+            both = Conditioning.batch([conds[i] for i in indices])
+            out = self.model(x.repeat(n, 1, 1, 1), sigma.repeat(n), both, extras)
+            for i, chunk in zip(indices, out.chunk(n), strict=True):
+                outputs[i] = chunk
+        return outputs  # type: ignore[return-value]

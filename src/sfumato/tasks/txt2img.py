@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
 from sfumato.errors import InterruptedByUser, UserError
 from sfumato.models.loader import LoadedModel
-from sfumato.prompts.encode import Conditioning, encode_prompt
+from sfumato.prompts.encode import EmbeddingLookup, PromptEncoder
+from sfumato.prompts.extra_networks import ExtraNetworkCall
+from sfumato.prompts.plan import ConditioningPlan
 from sfumato.request import GenerationRequest
 from sfumato.sampling.denoiser import GuidedDenoiser, ModelDenoiser, UNetExtras
 from sfumato.sampling.discrete import DiscreteSchedule
@@ -28,6 +31,15 @@ class GeneratedImage:
     subseed: int
     index: int
     interrupted: bool = False
+
+
+@dataclass
+class Txt2ImgResult:
+    """The images of a job and what the infotext and the user should hear about how they were made."""
+
+    images: list[GeneratedImage]
+    used_embeddings: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def resolve_sampler(request: GenerationRequest) -> tuple[str, str]:
@@ -50,24 +62,16 @@ def sdxl_time_ids(width: int, height: int, batch: int) -> torch.Tensor:
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(batch, 1)
 
 
-class ConditioningCache:
-    """Each distinct text is encoded once per job, however many images and steps use it."""
-
-    def __init__(self, model: LoadedModel, clip_skip: int) -> None:
-        self.model = model
-        self.clip_skip = clip_skip
-        self._cache: dict[str, Conditioning] = {}
-
-    def __call__(self, text: str) -> Conditioning:
-        if text not in self._cache:
-            self._cache[text] = encode_prompt(self.model, text, self.clip_skip)
-        return self._cache[text]
-
-
 def generate(
-    model: LoadedModel, request: GenerationRequest, control: RunControl | None = None
-) -> list[GeneratedImage]:
-    """Run a txt2img request: `n_iter` batches of `batch_size` images, seeds counting up from `seed`."""
+    model: LoadedModel,
+    request: GenerationRequest,
+    control: RunControl | None = None,
+    *,
+    embedding_lookup: Callable[[object], EmbeddingLookup] | None = None,
+) -> Txt2ImgResult:
+    """Run a txt2img request: `n_iter` batches of `batch_size` images, seeds counting up from `seed`.
+
+    `embedding_lookup(tokenizer)` finds textual-inversion embeddings in tokenized prompts."""
     control = control or RunControl()
     sampler_name, schedule_name = resolve_sampler(request)
     sampler = get_sampler(sampler_name)
@@ -85,24 +89,39 @@ def generate(
         sampler=sampler_name,
         family=model.family,
     )
-    encode = ConditioningCache(model, request.clip_skip)
-    negative, positive = encode(request.negative_prompt), encode(request.prompt)
+    encoder = PromptEncoder(
+        model, clip_skip=request.clip_skip, emphasis=request.emphasis, lookup_for=embedding_lookup
+    )
+    plan = ConditioningPlan.build(
+        encoder, request.prompt, request.negative_prompt, request.steps, request.batch_size
+    )
+    plan.encode_all()
     shape = (model.latent_channels, height // factor, width // factor)
-    results: list[GeneratedImage] = []
+    result = Txt2ImgResult(images=[], notes=_notes(plan.extra_networks, encoder.skipped_embeddings))
     for batch_index in range(request.n_iter):
         first = batch_index * request.batch_size
         seeds = [seed + first + i for i in range(request.batch_size)]
         subseeds = [subseed + first + i for i in range(request.batch_size)]
         latents, interrupted = sample_latents(
-            model, request, sampler, sigmas, (negative, positive), shape, seeds, subseeds, control, first
+            model, request, sampler, sigmas, plan, shape, seeds, subseeds, control, first
         )
         for offset, image in enumerate(decode_latents(model, latents)):
-            results.append(
+            result.images.append(
                 GeneratedImage(image, seeds[offset], subseeds[offset], first + offset, interrupted)
             )
         if interrupted:
             break
-    return results
+    result.used_embeddings = dict(encoder.used_embeddings)
+    return result
+
+
+def _notes(calls: list[ExtraNetworkCall], skipped_embeddings: dict[str, str]) -> list[str]:
+    """Warnings, never errors: tags naming networks we cannot apply, embeddings that do not fit."""
+    notes = [
+        f"<{call.kind}:{call.name}> ignored: {call.kind} networks are not supported yet" for call in calls
+    ]
+    notes += [f"embedding {name!r} skipped: it {reason}" for name, reason in skipped_embeddings.items()]
+    return notes
 
 
 def make_noise_sampler(
@@ -121,7 +140,7 @@ def sample_latents(
     request: GenerationRequest,
     sampler: SamplerInfo,
     sigmas: torch.Tensor,
-    conds: tuple[Conditioning, Conditioning],
+    plan: ConditioningPlan,
     shape: tuple[int, int, int],
     seeds: list[int],
     subseeds: list[int],
@@ -141,7 +160,6 @@ def sample_latents(
     )
     device = model.device
     x = rng.first().to(device, torch.float32) * sampler.initial_noise_scale(float(sigmas[0]))
-    negative, positive = (Conditioning.batch([c] * batch) for c in conds)
     factor = model.vae_scale_factor
     extras = UNetExtras(
         sdxl_time_ids(shape[2] * factor, shape[1] * factor, batch).to(device)
@@ -151,7 +169,7 @@ def sample_latents(
     denoiser = GuidedDenoiser(
         ModelDenoiser(model.unet, DiscreteSchedule(model.alphas_cumprod), model.prediction),
         sigmas,
-        lambda step: (negative, positive),
+        plan.at,
         request.cfg_scale,
         extras,
     )
