@@ -17,11 +17,13 @@ from tqdm import tqdm
 from sfumato import infotext, runtime
 from sfumato.devices import pick_device, pick_dtype
 from sfumato.errors import UserError
-from sfumato.generation_params import infotext_params, request_fields_from_infotext
+from sfumato.generation_params import infotext_params, request_fields_from_infotext, ti_hashes
 from sfumato.models.loader import LoadedModel
 from sfumato.models.registry import ModelManager
 from sfumato.output import images_folder, save_png
 from sfumato.pnginfo import read_metadata
+from sfumato.prompts.embeddings import EmbeddingDatabase
+from sfumato.prompts.encode import encoder_widths
 from sfumato.request import GenerationRequest, build_request
 from sfumato.settings import Settings
 from sfumato.tasks.common import Progress, RunControl
@@ -91,20 +93,35 @@ class Txt2ImgJob:
                 bar.update(1)
 
             control = RunControl(on_step=on_step, should_stop=should_stop)
-            result = generate(model, self.request, control)
+            result = generate(model, self.request, control, embedding_lookup=self._embedding_lookup(model))
         for note in result.notes:
             print(f"sfumato: {note}", file=sys.stderr)
         self.interrupted = control.interrupted
         folder = self.out_dir or images_folder(self.settings.outputs, "txt2img")
         saved = []
         for generated in result.images:
-            text = self.infotext_for(model, generated.seed, generated.subseed, generated.image.size)
+            text = self.infotext_for(
+                model, generated.seed, generated.subseed, generated.image.size, result.used_embeddings
+            )
             path = save_png(generated.image, folder, generated.seed, text)
             on_saved(path)
             saved.append(path)
         return saved
 
-    def infotext_for(self, model: LoadedModel, seed: int, subseed: int, size: tuple[int, int]) -> str:
+    def _embedding_lookup(self, model: LoadedModel):
+        """Token lookup for the embeddings in the user's folders that fit this model."""
+        database = EmbeddingDatabase.load(self.settings.model_dirs("embeddings"), self.manager.hashes)
+        widths = encoder_widths(model)
+        return lambda tokenizer: database.lookup_table(tokenizer, widths).find_embedding_at_position
+
+    def infotext_for(
+        self,
+        model: LoadedModel,
+        seed: int,
+        subseed: int,
+        size: tuple[int, int],
+        embeddings: dict | None = None,
+    ) -> str:
         request = self.request
         sampler, schedule = resolve_sampler(request)
         fields = {**request.model_dump(), "sampler_name": sampler, "scheduler": schedule}
@@ -119,5 +136,6 @@ class Txt2ImgJob:
             model_hash=self.manager.model_hash(model.path),
             vae_name=vae_path.name if vae_path else None,
             vae_hash=self.manager.model_hash(vae_path) if vae_path else None,
+            extra={"TI hashes": ti_hashes(embeddings or {})},
         )
         return infotext.format(request.prompt, request.negative_prompt, params)

@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     _add_common(listing)
     listing.set_defaults(handler=cmd_models_list)
+
+    embeddings = sub.add_parser("embeddings", help="textual-inversion embeddings")
+    embeddings_sub = embeddings.add_subparsers(dest="embeddings_command", required=True)
+    emb_list = embeddings_sub.add_parser("list", help="every embedding with vectors, family and short hash")
+    emb_list.add_argument("--json", action="store_true")
+    _add_common(emb_list)
+    emb_list.set_defaults(handler=cmd_embeddings_list)
     return parser
 
 
@@ -132,24 +139,59 @@ def cmd_png_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_table(rows: list[dict[str, Any]], columns: dict[str, Callable[[dict[str, Any]], object]]) -> None:
+    table = [tuple(columns)] + [
+        tuple("" if (v := get(r)) is None else str(v) for get in columns.values()) for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     from sfumato.models.catalog import describe_checkpoints
 
     rows = describe_checkpoints(_settings(args))
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
+    elif not rows:
         print("no checkpoints found", file=sys.stderr)
-        return 0
-    header = ("name", "family", "dtype", "size", "hash")
-    table = [header] + [
-        (r["name"], r["family"], r["dtype"], f"{r['size_bytes'] / 2**20:,.1f} MiB", r["hash"] or "")
-        for r in rows
-    ]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    else:
+        _print_table(
+            rows,
+            {
+                "name": lambda r: r["name"],
+                "family": lambda r: r["family"],
+                "dtype": lambda r: r["dtype"],
+                "size": lambda r: f"{r['size_bytes'] / 2**20:,.1f} MiB",
+                "hash": lambda r: r["hash"],
+            },
+        )
+    return 0
+
+
+def cmd_embeddings_list(args: argparse.Namespace) -> int:
+    from sfumato.models.hashes import HashCache
+    from sfumato.prompts.embeddings import EmbeddingDatabase
+
+    settings = _settings(args)
+    hashes = HashCache(settings.data_dir / ".sfumato" / "hashes.json")
+    rows = EmbeddingDatabase.load(settings.model_dirs("embeddings"), hashes).rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no embeddings found", file=sys.stderr)
+    else:
+        _print_table(
+            rows,
+            {
+                "name": lambda r: r["name"],
+                "vectors": lambda r: r["vectors"],
+                "family": lambda r: r["family"],
+                "hash": lambda r: r["shorthash"],
+                "note": lambda r: r["note"],
+            },
+        )
     return 0
 
 

@@ -51,10 +51,19 @@ def infotext_params(
         "Seed resize from": f"{resize[0]}x{resize[1]}" if resize[0] > 0 and resize[1] > 0 else None,
         "Eta": _number(r["eta"]) if r.get("eta") is not None else None,
         "Clip skip": r["clip_skip"] if r.get("clip_skip", 1) > 1 else None,
+        "Emphasis": r["emphasis"] if r.get("emphasis", "Original") != "Original" else None,
         **(extra or {}),
         "Version": f"sfumato {__version__}",
     }
     return {k: v for k, v in params.items() if v is not None}
+
+
+def ti_hashes(embeddings: Mapping[str, Any]) -> str | None:
+    """A1111's "TI hashes" value: `name: shorthash` pairs, names stripped of `:` and `,`."""
+    pairs = [
+        f"{name.replace(':', '').replace(',', '')}: {e.shorthash}" for name, e in sorted(embeddings.items())
+    ]
+    return ", ".join(pairs) or None
 
 
 def _int(value: Any) -> int | None:
@@ -98,6 +107,8 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
     if "Variation seed" in parsed and (strength := _float(parsed.get("Variation seed strength", 0))):
         fields["subseed"] = _int(parsed["Variation seed"])
         fields["subseed_strength"] = strength
+    if parsed.get("Emphasis") in ("Original", "No norm", "None"):
+        fields["emphasis"] = parsed["Emphasis"]
     for field in ("seed_resize_from_w", "seed_resize_from_h"):
         if fields.get(field, 0) < 0:  # A1111 writes -1 for "off"
             fields[field] = 0

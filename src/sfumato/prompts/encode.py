@@ -184,6 +184,16 @@ def encoder_roles(model: LoadedModel, clip_skip: int) -> list[EncoderRole]:
     return [EncoderRole("clip_l", clip_skip, True, False)]
 
 
+def encoder_widths(model: LoadedModel) -> list[tuple[str, int]]:
+    """(kind, width) of each text encoder: what an embedding must provide to be used with this model
+    (A1111 registers only embeddings that fit; others stay plain words in the prompt)."""
+    roles = encoder_roles(model, 1)
+    return [
+        (role.kind, _text_model(encoder).embeddings.token_embedding.embedding_dim)
+        for role, encoder in zip(roles, model.text_encoders, strict=True)
+    ]
+
+
 def _apply_emphasis(hidden: torch.Tensor, weights: list[float], emphasis: str) -> torch.Tensor:
     if emphasis == "None" or all(w == 1.0 for w in weights):
         return hidden
@@ -205,14 +215,13 @@ class PromptEncoder:
         *,
         clip_skip: int = 1,
         emphasis: str = "Original",
-        lookup_for: Callable[[CLIPTokenizer], EmbeddingLookup] | None = None,
+        lookup_for: Callable[[CLIPTokenizer], EmbeddingLookup] | None = None,  # see encoder_widths
     ) -> None:
         self.model = model
         self.roles = encoder_roles(model, clip_skip)
         self.emphasis = emphasis
         self.lookup_for = lookup_for
         self.used_embeddings: dict[str, EmbeddingLike] = {}
-        self.skipped_embeddings: dict[str, str] = {}
         self._cache: dict[str, Conditioning] = {}
 
     def __call__(self, text: str) -> Conditioning:
@@ -220,38 +229,13 @@ class PromptEncoder:
             self._cache[text] = self._encode(text)
         return self._cache[text]
 
-    def _fits(self, embedding: EmbeddingLike) -> bool:
-        """An embedding is used only if it has vectors for every text encoder of this model (as A1111
-        skips, with a note, embeddings trained for another family); otherwise its name stays text."""
-        for role, encoder in zip(self.roles, self.model.text_encoders, strict=True):
-            width = _text_model(encoder).embeddings.token_embedding.embedding_dim
-            if embedding.for_encoder(role.kind, width) is None:
-                self.skipped_embeddings[embedding.name] = (
-                    f"has no {width}-wide vectors for this {self.model.family} model"
-                )
-                return False
-        return True
-
-    def _fitting_lookup(self, tokenizer: CLIPTokenizer) -> EmbeddingLookup | None:
-        if self.lookup_for is None:
-            return None
-        lookup = self.lookup_for(tokenizer)
-
-        def fitting(tokens: list[int], position: int) -> tuple[EmbeddingLike | None, int | None]:
-            embedding, length = lookup(tokens, position)
-            if embedding is None or not self._fits(embedding):
-                return None, None
-            return embedding, length
-
-        return fitting
-
     @torch.no_grad()
     def _encode(self, text: str) -> Conditioning:
         states, pooled = [], None
         for role, encoder, tokenizer in zip(
             self.roles, self.model.text_encoders, self.model.tokenizers, strict=True
         ):
-            chunks = tokenize_chunks(tokenizer, text, self._fitting_lookup(tokenizer))
+            chunks = tokenize_chunks(tokenizer, text, self.lookup_for(tokenizer) if self.lookup_for else None)
             encoded = []
             for index, chunk in enumerate(chunks):
                 hidden, first_pooled = self._encode_chunk(role, encoder, tokenizer, chunk)
@@ -270,9 +254,12 @@ class PromptEncoder:
             ids[first_end + 1 :] = [tokenizer.pad_token_id] * (len(ids) - first_end - 1)
         width = _text_model(encoder).embeddings.token_embedding.embedding_dim
         vectors = []
-        for offset, embedding in chunk.fixes:  # only fitting embeddings get here (see _fits)
+        for offset, embedding in chunk.fixes:
+            vector = embedding.for_encoder(role.kind, width)
+            if vector is None:  # the lookup offers only embeddings that fit (see encoder_widths)
+                raise ValueError(f"embedding {embedding.name!r} has no {width}-wide vectors")
             self.used_embeddings[embedding.name] = embedding
-            vectors.append((offset, embedding.for_encoder(role.kind, width)))
+            vectors.append((offset, vector))
         input_ids = torch.tensor([ids], device=self.model.device)
         with _embedding_fixes(encoder, vectors):
             out = encoder(input_ids=input_ids, output_hidden_states=True)

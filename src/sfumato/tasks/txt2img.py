@@ -97,7 +97,7 @@ def generate(
     )
     plan.encode_all()
     shape = (model.latent_channels, height // factor, width // factor)
-    result = Txt2ImgResult(images=[], notes=_notes(plan.extra_networks, encoder.skipped_embeddings))
+    result = Txt2ImgResult(images=[], notes=_notes(plan.extra_networks))
     for batch_index in range(request.n_iter):
         first = batch_index * request.batch_size
         seeds = [seed + first + i for i in range(request.batch_size)]
@@ -115,13 +115,11 @@ def generate(
     return result
 
 
-def _notes(calls: list[ExtraNetworkCall], skipped_embeddings: dict[str, str]) -> list[str]:
-    """Warnings, never errors: tags naming networks we cannot apply, embeddings that do not fit."""
-    notes = [
+def _notes(calls: list[ExtraNetworkCall]) -> list[str]:
+    """Warnings, never errors: tags naming networks we cannot apply (yet)."""
+    return [
         f"<{call.kind}:{call.name}> ignored: {call.kind} networks are not supported yet" for call in calls
     ]
-    notes += [f"embedding {name!r} skipped: it {reason}" for name, reason in skipped_embeddings.items()]
-    return notes
 
 
 def make_noise_sampler(
