@@ -34,14 +34,21 @@ def test_embedding_conditioning_matches_diffusers_textual_inversion(sd1, tmp_pat
     write_a1111_embedding(path, torch.randn(vectors, 32, generator=torch.Generator().manual_seed(vectors)))
     database = EmbeddingDatabase.load([tmp_path])
     widths = encoder_widths(sd1)
-    encoder = PromptEncoder(sd1, lookup_for=lambda tok: database.lookup_table(tok, widths).find_embedding_at_position)
+    encoder = PromptEncoder(
+        sd1, lookup_for=lambda tok: database.lookup_table(tok, widths).find_embedding_at_position
+    )
     ours = encoder(PROMPT).cross
     assert set(encoder.used_embeddings) == {"mystyle"}
 
     # Reference: diffusers adds the vectors as new tokens of a copy of the encoder and tokenizer.
     pipe = diffusers.StableDiffusionPipeline(
-        vae=sd1.vae, text_encoder=copy.deepcopy(sd1.text_encoders[0]), tokenizer=copy.deepcopy(sd1.tokenizers[0]),
-        unet=sd1.unet, scheduler=diffusers.EulerDiscreteScheduler(), safety_checker=None, feature_extractor=None,
+        vae=sd1.vae,
+        text_encoder=copy.deepcopy(sd1.text_encoders[0]),
+        tokenizer=copy.deepcopy(sd1.tokenizers[0]),
+        unet=sd1.unet,
+        scheduler=diffusers.EulerDiscreteScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.load_textual_inversion(str(path), token="mystyle")
@@ -54,7 +61,9 @@ def test_an_embedding_for_another_family_stays_a_plain_word(sd1, tmp_path):
     write_a1111_embedding(tmp_path / "mystyle.pt", torch.randn(2, 768))  # real SD1 width, not the tiny one
     database = EmbeddingDatabase.load([tmp_path])
     widths = encoder_widths(sd1)
-    encoder = PromptEncoder(sd1, lookup_for=lambda tok: database.lookup_table(tok, widths).find_embedding_at_position)
+    encoder = PromptEncoder(
+        sd1, lookup_for=lambda tok: database.lookup_table(tok, widths).find_embedding_at_position
+    )
     assert torch.equal(encoder(PROMPT).cross, PromptEncoder(sd1)(PROMPT).cross)
     assert encoder.used_embeddings == {}
 
