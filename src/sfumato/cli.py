@@ -139,35 +139,40 @@ def cmd_png_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(rows: list[dict[str, Any]], columns: dict[str, Callable[[dict[str, Any]], object]]) -> None:
+def _print_rows(
+    rows: list[dict[str, Any]],
+    columns: dict[str, Callable[[dict[str, Any]], object]],
+    *,
+    as_json: bool,
+    kind: str,
+) -> int:
+    """A listing as JSON, or as an aligned table with one header line."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no {kind} found", file=sys.stderr)
+        return 0
     table = [tuple(columns)] + [
         tuple("" if (v := get(r)) is None else str(v) for get in columns.values()) for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from sfumato.models.catalog import describe_checkpoints
 
-    rows = describe_checkpoints(_settings(args))
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        print("no checkpoints found", file=sys.stderr)
-    else:
-        _print_table(
-            rows,
-            {
-                "name": lambda r: r["name"],
-                "family": lambda r: r["family"],
-                "dtype": lambda r: r["dtype"],
-                "size": lambda r: f"{r['size_bytes'] / 2**20:,.1f} MiB",
-                "hash": lambda r: r["hash"],
-            },
-        )
-    return 0
+    columns = {
+        "name": lambda r: r["name"],
+        "family": lambda r: r["family"],
+        "dtype": lambda r: r["dtype"],
+        "size": lambda r: f"{r['size_bytes'] / 2**20:,.1f} MiB",
+        "hash": lambda r: r["hash"],
+    }
+    return _print_rows(describe_checkpoints(_settings(args)), columns, as_json=args.json, kind="checkpoints")
 
 
 def cmd_embeddings_list(args: argparse.Namespace) -> int:
@@ -176,23 +181,15 @@ def cmd_embeddings_list(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     hashes = HashCache(settings.data_dir / ".sfumato" / "hashes.json")
+    columns = {
+        "name": lambda r: r["name"],
+        "vectors": lambda r: r["vectors"],
+        "family": lambda r: r["family"],
+        "hash": lambda r: r["shorthash"],
+        "note": lambda r: r["note"],
+    }
     rows = EmbeddingDatabase.load(settings.model_dirs("embeddings"), hashes).rows()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        print("no embeddings found", file=sys.stderr)
-    else:
-        _print_table(
-            rows,
-            {
-                "name": lambda r: r["name"],
-                "vectors": lambda r: r["vectors"],
-                "family": lambda r: r["family"],
-                "hash": lambda r: r["shorthash"],
-                "note": lambda r: r["note"],
-            },
-        )
-    return 0
+    return _print_rows(rows, columns, as_json=args.json, kind="embeddings")
 
 
 def _interrupt_flag() -> tuple[Callable[[], bool], Callable[[], None]]:
