@@ -188,3 +188,12 @@ def test_diffusers_layout_vae_file_loads(data_dir):
     )
     manager = ModelManager(load_settings({"data_dir": data_dir}, env={}), device=CPU, dtype=torch.float32)
     _same_weights(other.vae, manager.load("tiny-sd1", vae="diffusers-vae").vae)
+
+
+def test_modelspec_metadata_declares_native_size_and_prediction(tmp_path):
+    path = tmp_path / "declared.safetensors"
+    write_single_file(
+        path, "sd2-v", seed=0, metadata={"modelspec.resolution": "96x128", "modelspec.prediction_type": "v"}
+    )
+    model = load_single_file(path, device=CPU, dtype=torch.float32)
+    assert model.native_size == (96, 128) and model.prediction == "v_prediction"

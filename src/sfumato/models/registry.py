@@ -164,10 +164,10 @@ class ModelManager:
         the whole path works, and we say plainly that what it draws is noise."""
         from sfumato.testing.tiny_models import write_single_file
 
-        path = self.settings.data_dir / ".sfumato" / "placeholder-random-sd1.safetensors"
+        path = self.settings.data_dir / ".sfumato" / "placeholder-random-sd1-128px.safetensors"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_single_file(path, "sd1", seed=0)
+            write_single_file(path, "sd1", seed=0, metadata={"modelspec.resolution": "128x128"})
         print(
             "sfumato: no checkpoint found in models/Stable-diffusion; using a tiny RANDOM-WEIGHT placeholder "
             "model — the image will be noise. Put a .safetensors checkpoint there for real images.",

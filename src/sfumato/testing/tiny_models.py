@@ -305,13 +305,15 @@ def write_single_file(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     fmt: Literal["safetensors", "ckpt"] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> TinyComponents:
-    """Write a tiny single-file checkpoint (format from `fmt`, else the suffix); return its components."""
+    """Write a tiny single-file checkpoint (format from `fmt`, else the suffix); return its components.
+    `metadata` goes into a safetensors header (e.g. `modelspec.resolution`)."""
     path = Path(path)
     if fmt is not None and path.suffix.lower() != f".{fmt}":
         raise ValueError(f"{path.name}: fmt={fmt!r} needs a .{fmt} file name")
     components = build_components(variant, seed)
-    save_single_file(components.single_file_state_dict(), path, dtype=dtype)
+    save_single_file(components.single_file_state_dict(), path, dtype=dtype, metadata=metadata)
     return components
 
 
