@@ -84,3 +84,57 @@ def test_txt2img_records_ti_hashes_and_lists_embeddings(data_dir, capsys):
     assert lines[0].split()[:4] == ["name", "vectors", "family", "hash"]
     assert any(line.startswith("mystyle") and " 2 " in line for line in lines)
     assert any(line.startswith("broken") and "skipped" in line for line in lines)
+
+
+def _write(fmt: str, folder, widths: dict[str, int]):
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(7)
+    if fmt == "a1111-pt":
+        write_a1111_embedding(folder / "mystyle.pt", torch.randn(2, widths["single"], generator=gen))
+    elif fmt == "emb_params":
+        save_file(
+            {"emb_params": torch.randn(2, widths["single"], generator=gen)},
+            str(folder / "mystyle.safetensors"),
+        )
+    elif fmt == "diffusers-bin":
+        torch.save({"<mystyle>": torch.randn(widths["single"], generator=gen)}, folder / "mystyle.bin")
+    else:  # SDXL: both encoders
+        tensors = {
+            "clip_l": torch.randn(2, widths["clip_l"], generator=gen),
+            "clip_g": torch.randn(2, widths["clip_g"], generator=gen),
+        }
+        save_file(tensors, str(folder / "mystyle.safetensors"))
+
+
+@pytest.mark.parametrize(
+    ("variant", "fmt"),
+    [
+        ("sd1", "a1111-pt"),
+        ("sd1", "emb_params"),
+        ("sd1", "diffusers-bin"),
+        ("sd2-v", "a1111-pt"),
+        ("sdxl", "sdxl"),
+    ],
+)
+def test_each_embedding_format_is_used_and_changes_the_conditioning(tiny_models, tmp_path, variant, fmt):
+    model = load_single_file(
+        tiny_models[variant][0], device=torch.device("cpu"), dtype=torch.float32, prediction="epsilon"
+    )
+    widths = dict(encoder_widths(model))
+    _write(
+        fmt,
+        tmp_path,
+        {
+            "single": next(iter(widths.values())),
+            "clip_l": widths.get("clip_l"),
+            "clip_g": widths.get("open_clip"),
+        },
+    )
+    database = EmbeddingDatabase.load([tmp_path])
+    encoder = PromptEncoder(
+        model,
+        lookup_for=lambda tok: database.lookup_table(tok, encoder_widths(model)).find_embedding_at_position,
+    )
+    assert not torch.allclose(encoder("a mystyle cat").cross, PromptEncoder(model)("a mystyle cat").cross)
+    assert set(encoder.used_embeddings) == {"mystyle"}

@@ -31,9 +31,23 @@ prompts = (
     schedule=st.sampled_from(["Automatic"] + [s.label for s in SCHEDULES if s.label != "Automatic"]),
     size=st.tuples(st.integers(1, 256), st.integers(1, 256)).map(lambda wh: (wh[0] * 8, wh[1] * 8)),
     clip_skip=st.integers(1, 12),
+    emphasis=st.sampled_from(["Original", "No norm", "None"]),
+    pad_conds=st.booleans(),
 )
 def test_request_infotext_round_trip(
-    prompt, negative, steps, cfg, seed, subseed, strength, sampler, schedule, size, clip_skip
+    prompt,
+    negative,
+    steps,
+    cfg,
+    seed,
+    subseed,
+    strength,
+    sampler,
+    schedule,
+    size,
+    clip_skip,
+    emphasis,
+    pad_conds,
 ):
     # A parameters-looking last prompt line is ambiguous in A1111's format itself; the infotext tests cover it.
     if prompt.strip() and len(prompt.splitlines()[-1].split(": ")) > 2:
@@ -51,6 +65,8 @@ def test_request_infotext_round_trip(
         width=size[0],
         height=size[1],
         clip_skip=clip_skip,
+        emphasis=emphasis,
+        pad_conds=pad_conds,
     )
     params = infotext_params(
         request.model_dump(),

@@ -184,3 +184,36 @@ def test_a_100000_character_prompt_is_encoded(models):
     text = "red circle, " * 8334
     cond = PromptEncoder(models["sd1"])(text)
     assert cond.cross.shape[1] % 77 == 0 and cond.cross.shape[1] > 77 * 100
+
+
+def test_pad_conds_batches_a_long_prompt_with_a_short_negative(models):
+    long_prompt = " ".join(["cat"] * 100)  # two chunks; the empty negative has one
+    separate = conditioning_per_call(models["sd1"], long_prompt, steps=2, cfg=7.0)
+    assert [c.shape[:2] for c in separate] == [(1, 77), (1, 154)] * 2  # A1111's default: apart
+    recorder = RecordingUNet(models["sd1"].unet)
+    original, models["sd1"].unet = models["sd1"].unet, recorder
+    try:
+        request = build_request(
+            prompt=long_prompt, steps=2, sampler_name="Euler", width=64, height=64, pad_conds=True
+        )
+        generate(models["sd1"], request)
+    finally:
+        models["sd1"].unet = original
+    assert [c.shape[:2] for c in recorder.calls] == [(2, 154)] * 2
+    empty = PromptEncoder(models["sd1"])("")
+    assert torch.equal(recorder.calls[0][0, 77:], empty.cross[0])  # the negative, padded with ""
+
+
+def test_sdxl_uses_the_penultimate_layer_of_both_encoders(models):
+    model = models["sdxl"]
+    ids = [
+        tok("a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+        for tok in model.tokenizers
+    ]
+    ids[1][0, ids[1][0].tolist().index(49407) + 1 :] = 0  # OpenCLIP pads with 0 after the end token
+    with torch.no_grad():
+        first = model.text_encoders[0](input_ids=ids[0], output_hidden_states=True).hidden_states[-2]
+        second = model.text_encoders[1](input_ids=ids[1], output_hidden_states=True)
+    cond = PromptEncoder(model)("a cat")
+    assert torch.allclose(cond.cross, torch.cat([first, second.hidden_states[-2]], dim=-1), atol=1e-6)
+    assert torch.allclose(cond.pooled, second.text_embeds, atol=1e-6)

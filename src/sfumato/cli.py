@@ -47,6 +47,10 @@ def _txt2img_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--batch-count", type=int)
     p.add_argument("--clip-skip", type=int)
+    p.add_argument("--emphasis", choices=["Original", "No norm", "None"], help="how (word:1.2) weights apply")
+    p.add_argument(
+        "--pad-conds", action="store_const", const=True, help="pad prompt and negative to one length"
+    )
     p.add_argument(
         "--prediction", choices=["epsilon", "v_prediction"], help="override the model's prediction type"
     )
@@ -80,6 +84,8 @@ TXT2IMG_FLAG_FIELDS = {
     "batch_size": "batch_size",
     "batch_count": "n_iter",
     "clip_skip": "clip_skip",
+    "emphasis": "emphasis",
+    "pad_conds": "pad_conds",
     "prediction": "prediction",
 }
 

@@ -52,6 +52,7 @@ def infotext_params(
         "Eta": _number(r["eta"]) if r.get("eta") is not None else None,
         "Clip skip": r["clip_skip"] if r.get("clip_skip", 1) > 1 else None,
         "Emphasis": r["emphasis"] if r.get("emphasis", "Original") != "Original" else None,
+        "Pad conds": True if r.get("pad_conds") else None,
         **(extra or {}),
         "Version": f"sfumato {__version__}",
     }
@@ -107,6 +108,8 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
     if "Variation seed" in parsed and (strength := _float(parsed.get("Variation seed strength", 0))):
         fields["subseed"] = _int(parsed["Variation seed"])
         fields["subseed_strength"] = strength
+    if str(parsed.get("Pad conds", "")).lower() == "true":
+        fields["pad_conds"] = True
     if parsed.get("Emphasis") in ("Original", "No norm", "None"):
         fields["emphasis"] = parsed["Emphasis"]
     for field in ("seed_resize_from_w", "seed_resize_from_h"):

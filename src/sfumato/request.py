@@ -40,6 +40,7 @@ class GenerationRequest(BaseModel):
     n_iter: int = Field(1, ge=1, le=10000)
     clip_skip: int = Field(1, ge=1, le=12)
     emphasis: Literal["Original", "No norm", "None"] = "Original"  # A1111's emphasis mode
+    pad_conds: bool = False  # A1111's "Pad prompt/negative prompt": pad to one length, batch together
     model: str | None = None  # checkpoint name, title, hash or path; None: the default model
     vae: str | None = None  # "Automatic" / None: the checkpoint's own or its x.vae.* file; "None": baked-in
     prediction: Literal["epsilon", "v_prediction"] | None = None  # override for SD2-style ambiguity

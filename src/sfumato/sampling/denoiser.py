@@ -63,7 +63,9 @@ class GuidedDenoiser:
     x0 = u + Σ_i weight_i · scale · (c_i − u), as A1111 computes it.
 
     All conditionings of the same token length go through the UNet in one batch; prompts of different
-    lengths cannot share a batch, so they run apart (A1111's default too). The step a model call
+    lengths cannot share a batch, so they run apart (A1111's default too) unless `pad_with` is given:
+    then shorter prompts are padded with empty-prompt chunks (A1111's "Pad prompt/negative prompt"
+    option, which changes images slightly and saves UNet calls). The step a model call
     belongs to is found from its sigma (the last schedule sigma at or above it), so multi-evaluation
     samplers (Heun, DPM2) see the conditioning of the step they are in.
     """
@@ -75,12 +77,14 @@ class GuidedDenoiser:
         conditioning_at: ConditioningAt,
         cfg_scale: float,
         extras: UNetExtras,
+        pad_with: Conditioning | None = None,
     ) -> None:
         self.model = model
         self.sigmas = sigmas.float().cpu()
         self.conditioning_at = conditioning_at
         self.cfg_scale = cfg_scale
         self.extras = extras
+        self.pad_with = pad_with  # the empty prompt's states: pad shorter prompts into one batch
 
     def step_for(self, sigma: torch.Tensor) -> int:
         value = float(sigma.reshape(-1)[0])
@@ -100,6 +104,8 @@ class GuidedDenoiser:
 
     def _run_all(self, x: torch.Tensor, sigma: torch.Tensor, conds: list[Conditioning]) -> list[torch.Tensor]:
         """UNet outputs for each conditioning, batching those of equal length into one call."""
+        if self.pad_with is not None:
+            conds = pad_to_longest(conds, self.pad_with)
         outputs: list[torch.Tensor | None] = [None] * len(conds)
         by_length: dict[int, list[int]] = {}
         for index, cond in enumerate(conds):
@@ -113,3 +119,17 @@ class GuidedDenoiser:
             for i, chunk in zip(indices, out.chunk(n), strict=True):
                 outputs[i] = chunk
         return outputs  # type: ignore[return-value]
+
+
+def pad_to_longest(conds: list[Conditioning], empty: Conditioning) -> list[Conditioning]:
+    """Append empty-prompt chunks (77 tokens each) to every conditioning shorter than the longest."""
+    longest = max(c.cross.shape[1] for c in conds)
+    chunk = empty.cross.shape[1]
+    padded = []
+    for cond in conds:
+        missing = (longest - cond.cross.shape[1]) // chunk
+        if missing:
+            filler = empty.cross[:1].expand(cond.cross.shape[0], -1, -1).repeat(1, missing, 1)
+            cond = Conditioning(cross=torch.cat([cond.cross, filler], dim=1), pooled=cond.pooled)
+        padded.append(cond)
+    return padded

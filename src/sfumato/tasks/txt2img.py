@@ -170,6 +170,7 @@ def sample_latents(
         plan.at,
         request.cfg_scale,
         extras,
+        pad_with=plan.encoder("") if request.pad_conds else None,
     )
     last = {"denoised": x}
 
