@@ -138,3 +138,14 @@ def test_each_embedding_format_is_used_and_changes_the_conditioning(tiny_models,
     )
     assert not torch.allclose(encoder("a mystyle cat").cross, PromptEncoder(model)("a mystyle cat").cross)
     assert set(encoder.used_embeddings) == {"mystyle"}
+
+
+def test_an_embedding_for_another_family_is_noted_not_fatal(data_dir, capsys):
+    (data_dir / "embeddings").mkdir()
+    write_a1111_embedding(data_dir / "embeddings" / "bigstyle.pt", torch.randn(1, 768))
+    args = ["--data-dir", str(data_dir), "--steps", "1", "--width", "64", "--height", "64"]
+    assert main(["txt2img", "a bigstyle cat", *args]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "embedding 'bigstyle' not used: its vectors are 768 wide, this model's text encoders take 32" in err
+    )

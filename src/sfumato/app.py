@@ -7,6 +7,7 @@ what was made).
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -93,8 +94,9 @@ class Txt2ImgJob:
                 bar.update(1)
 
             control = RunControl(on_step=on_step, should_stop=should_stop)
-            result = generate(model, self.request, control, embedding_lookup=self._embedding_lookup(model))
-        for note in result.notes:
+            lookup, notes = self._embeddings_for(model)
+            result = generate(model, self.request, control, embedding_lookup=lookup)
+        for note in notes + result.notes:
             print(f"sfumato: {note}", file=sys.stderr)
         self.interrupted = control.interrupted
         folder = self.out_dir or images_folder(self.settings.outputs, "txt2img")
@@ -108,11 +110,20 @@ class Txt2ImgJob:
             saved.append(path)
         return saved
 
-    def _embedding_lookup(self, model: LoadedModel):
-        """Token lookup for the embeddings in the user's folders that fit this model."""
+    def _embeddings_for(self, model: LoadedModel) -> tuple[Callable, list[str]]:
+        """Token lookup for the user's embeddings that fit this model, and a note for each embedding the
+        prompts name that does not fit (it then stays a plain word, as in A1111)."""
         database = EmbeddingDatabase.load(self.settings.model_dirs("embeddings"), self.manager.hashes)
         widths = encoder_widths(model)
-        return lambda tokenizer: database.lookup_table(tokenizer, widths).find_embedding_at_position
+        unusable = set(database.embeddings) - set(database.usable(widths))
+        words = set(re.findall(r"[\w.-]+", f"{self.request.prompt} {self.request.negative_prompt}".lower()))
+        notes = [
+            f"embedding {name!r} not used: its vectors are {database.embeddings[name].shape} wide, this "
+            f"model's text encoders take {' + '.join(str(w) for _, w in widths)}"
+            for name in sorted(unusable)
+            if name.lower() in words
+        ]
+        return (lambda tokenizer: database.lookup_table(tokenizer, widths).find_embedding_at_position), notes
 
     def infotext_for(
         self,
