@@ -186,7 +186,7 @@ def cmd_embeddings_list(args: argparse.Namespace) -> int:
     from sfumato.prompts.embeddings import EmbeddingDatabase
 
     settings = _settings(args)
-    hashes = HashCache(settings.data_dir / ".sfumato" / "hashes.json")
+    hashes = HashCache(settings.hash_cache_file)
     columns = {
         "name": lambda r: r["name"],
         "vectors": lambda r: r["vectors"],

@@ -51,6 +51,15 @@ class Settings(BaseModel):
     def outputs(self) -> Path:
         return self.outputs_dir or self.data_dir / "outputs"
 
+    @property
+    def cache_dir(self) -> Path:
+        """sfumato's own files in the data dir (hash cache, generated placeholders)."""
+        return self.data_dir / ".sfumato"
+
+    @property
+    def hash_cache_file(self) -> Path:
+        return self.cache_dir / "hashes.json"
+
     def model_dirs(self, kind: str) -> list[Path]:
         """Every folder searched for a model kind, data dir first, then the extra installs."""
         roots = [self.data_dir, *self.extra_model_dirs]

@@ -42,5 +42,5 @@ def describe(entry: ModelEntry, hashes: HashCache) -> dict[str, Any]:
 
 
 def describe_checkpoints(settings: Settings) -> list[dict[str, Any]]:
-    hashes = HashCache(settings.data_dir / ".sfumato" / "hashes.json")
+    hashes = HashCache(settings.hash_cache_file)
     return [describe(entry, hashes) for entry in list_checkpoints(settings)]

@@ -147,7 +147,7 @@ class ModelManager:
         self.settings = settings
         self.device = device
         self.dtype = dtype
-        self.hashes = HashCache(settings.data_dir / ".sfumato" / "hashes.json")
+        self.hashes = HashCache(settings.hash_cache_file)
         self._loaded: LoadedModel | None = None
         self._loaded_key: tuple | None = None
 
@@ -164,7 +164,7 @@ class ModelManager:
         the whole path works, and we say plainly that what it draws is noise."""
         from sfumato.testing.tiny_models import write_single_file
 
-        path = self.settings.data_dir / ".sfumato" / "placeholder-random-sd1-128px.safetensors"
+        path = self.settings.cache_dir / "placeholder-random-sd1-128px.safetensors"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             write_single_file(path, "sd1", seed=0, metadata={"modelspec.resolution": "128x128"})
