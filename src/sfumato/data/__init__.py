@@ -1,0 +1,1 @@
+"""Training data sfumato generates itself (no downloads): see `sfumato.data.shapes`."""
