@@ -1,0 +1,94 @@
+"""sfumato's training core: one loop, many kinds of training.
+
+How it is organised
+-------------------
+- `dataset`: kohya-compatible data. `KohyaDataset.from_folder(root, DatasetConfig(...))` reads
+  `root/{repeats}_{name}/*.png` + captions, buckets images by aspect ratio and plans each epoch's batches
+  (one bucket per batch) as a pure function of (seed, epoch), so a run can resume mid-epoch.
+- `objectives`: what is learned. Closed-form pieces (noising, eps/v targets, min-SNR-γ, noise offset,
+  weighted MSE) plus `DiffusionObjective` (SD1-family text-to-image: UNet, optionally the text encoder,
+  on a frozen VAE) and `VAEObjective` (AutoencoderKL: L1/MSE + KL).
+- `ema`: `EMA`, the moving average of the trained weights, with warmup and an exact swap.
+- `trainer`: `Trainer(objective, dataset, TrainerConfig(...), on_sample=...)`. accelerate supplies
+  devices, DDP, mixed precision and gradient accumulation; torch AdamW; diffusers the LR schedules. The
+  trainer adds gradient clipping and checkpointing, EMA, checkpoints that resume bit-identically,
+  sampling callbacks, a tqdm bar, `log.csv` (step, loss, lr, seconds) and TensorBoard when installed.
+
+A run writes into `output_dir`:
+
+    log.csv                         one row per optimizer step
+    checkpoints/step-000500/        model.safetensors (objective.state_dict()), ema.safetensors,
+                                    state.pt (optimizer, LR scheduler, loss scaler, step, dataset
+                                    position), rng-{process}.pt, trainer.json (the config, for reading)
+    model.safetensors               the final weights: the EMA ones when EMA is on
+
+`trainer.train(resume_from=latest_checkpoint(output_dir))` continues a killed run; on CPU the result is
+bit-identical to a run that was never stopped (tests/test_training_trainer.py proves it).
+
+Plugging in a new kind of training (LoRA, textual inversion, Dreambooth, hypernetworks)
+-------------------------------------------------------------------------------------
+Write an object satisfying `trainer.Objective`; the loop, data, checkpoints and logs come for free.
+
+1. `modules()`: every network the loss touches (by name); the trainer moves them to the device, freezes
+   every parameter not in `trainable_parameters()`, sets train/eval mode, turns on gradient
+   checkpointing where asked, and passes them to `on_sample` (with EMA weights swapped in).
+2. `trainable_parameters()`: exactly what the optimizer updates.
+   - LoRA / LyCORIS: inject the adapter layers into the UNet (and text encoder) first, then return the
+     adapter parameters only. Reuse `DiffusionObjective`'s loss (subclass it, override
+     `trainable_parameters`, `state_dict` and `load_state_dict`).
+   - Textual inversion: add the new tokens to the tokenizer, resize the embedding, return the
+     embedding matrix; after each step restore the rows of the other tokens (or mask their gradient with
+     a hook) so that only the new vectors move. Freeze the UNet.
+   - Dreambooth: the whole UNet (and text encoder) as `DiffusionObjective` does; prior preservation is a
+     dataset with instance and class folders (kohya's `reg` folders) and a loss that weights the class
+     half of the batch by the prior weight.
+   - Hypernetworks: the hypernetwork modules' parameters, applied to the cross-attention k/v.
+3. `loss(batch, step)`: draw all randomness from `step.generator` (a CPU generator seeded per step and
+   micro-batch); never from the global RNG, or resume stops being exact.
+4. `state_dict()` / `load_state_dict()`: the trained weights only, in the key layout of the file the
+   trainer should produce (`model.safetensors`), e.g. kohya's `lora_unet_*` keys for a LoRA or A1111's
+   `string_to_param` for an embedding; the converter belongs to the objective, not to the trainer.
+
+The default text-to-image model: `DiffusionObjective(..., train_text_encoder=True)` over the synthetic
+shapes dataset, `on_sample` rendering prompts through sfumato's txt2img; its VAE first, with
+`VAEObjective`, through the same trainer.
+"""
+
+from sfumato.training.dataset import (
+    CaptionOptions,
+    DatasetConfig,
+    DatasetPosition,
+    ImageItem,
+    KohyaDataset,
+    make_bucket_resolutions,
+    scan_kohya_folder,
+)
+from sfumato.training.ema import EMA
+from sfumato.training.objectives import DiffusionObjective, VAEObjective
+from sfumato.training.trainer import (
+    Objective,
+    SampleCallback,
+    StepContext,
+    Trainer,
+    TrainerConfig,
+    latest_checkpoint,
+)
+
+__all__ = [
+    "EMA",
+    "CaptionOptions",
+    "DatasetConfig",
+    "DatasetPosition",
+    "DiffusionObjective",
+    "ImageItem",
+    "KohyaDataset",
+    "Objective",
+    "SampleCallback",
+    "StepContext",
+    "Trainer",
+    "TrainerConfig",
+    "VAEObjective",
+    "latest_checkpoint",
+    "make_bucket_resolutions",
+    "scan_kohya_folder",
+]

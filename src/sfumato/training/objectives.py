@@ -1,0 +1,224 @@
+"""Training objectives: the diffusion loss (eps / v), min-SNR-γ weighting, noise offset, and a VAE loss.
+
+The closed forms are written out here rather than taken from a diffusers scheduler because they are a
+few lines each, the trainer needs them on explicit CPU generators (seeded per step, see
+`sfumato.training.trainer`), and the tests check them against the formulas directly. In VP terms, with
+ᾱ_t = alphas_cumprod[t], α = √ᾱ_t, σ = √(1 − ᾱ_t):
+
+    x_t = α·x0 + σ·ε            (what the network sees)
+    eps target = ε;   v target = α·ε − σ·x0   (Salimans & Ho 2022)
+    SNR(t) = α² / σ²
+    min-SNR-γ weight (Hang et al. 2023) = min(SNR, γ) / SNR for eps, min(SNR, γ) / (SNR + 1) for v
+
+An objective implements `sfumato.training.trainer.Objective`; `DiffusionObjective` trains an SD1-family
+UNet (and optionally its text encoder) on a frozen VAE, `VAEObjective` trains the VAE itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import Tensor, nn
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from sfumato.training.trainer import StepContext
+
+Prediction = Literal["epsilon", "v_prediction"]
+
+
+def sample_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator) -> Tensor:
+    """Timesteps drawn uniformly from [0, num_train_timesteps) on the CPU generator."""
+    return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
+
+
+def _coefficients(timesteps: Tensor, alphas_cumprod: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """α and σ at `timesteps`, shaped to broadcast over `like` (B, ...)."""
+    alpha_bar = alphas_cumprod.to(like.device)[timesteps.to(like.device)].to(like.dtype)
+    shape = (-1,) + (1,) * (like.ndim - 1)
+    return alpha_bar.sqrt().view(shape), (1 - alpha_bar).sqrt().view(shape)
+
+
+def add_noise(x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """x_t = α·x0 + σ·ε."""
+    alpha, sigma = _coefficients(timesteps, alphas_cumprod, x0)
+    return alpha * x0 + sigma * noise
+
+
+def prediction_target(
+    prediction_type: Prediction, x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor
+) -> Tensor:
+    """ε for eps-prediction, v = α·ε − σ·x0 for v-prediction."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        alpha, sigma = _coefficients(timesteps, alphas_cumprod, x0)
+        return alpha * noise - sigma * x0
+    raise ValueError(f"unknown prediction type {prediction_type!r}")
+
+
+def snr(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) at each timestep."""
+    alpha_bar = alphas_cumprod[timesteps]
+    return alpha_bar / (1 - alpha_bar)
+
+
+def min_snr_weights(
+    timesteps: Tensor, alphas_cumprod: Tensor, gamma: float, prediction_type: Prediction
+) -> Tensor:
+    """Per-sample loss weights of min-SNR-γ: the eps (or v) MSE rescaled to an x0 MSE clipped at γ."""
+    ratio = snr(timesteps, alphas_cumprod)
+    clipped = ratio.clamp(max=gamma)
+    return clipped / (ratio + 1) if prediction_type == "v_prediction" else clipped / ratio
+
+
+def sample_noise(shape: torch.Size, generator: torch.Generator, offset: float = 0.0) -> Tensor:
+    """Gaussian noise on the CPU generator, plus `offset` × a per-channel constant ("noise offset",
+    which lets the model learn to change an image's mean brightness)."""
+    noise = torch.randn(shape, generator=generator)
+    if offset:
+        noise = noise + offset * torch.randn(shape[:2] + (1,) * (len(shape) - 2), generator=generator)
+    return noise
+
+
+def weighted_mse(prediction: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+    """MSE over each sample's elements, optionally weighted per sample, then averaged (in fp32)."""
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+    if weights is not None:
+        per_sample = per_sample * weights.to(per_sample.device, per_sample.dtype)
+    return per_sample.mean()
+
+
+class DiffusionObjective:
+    """Text-to-image denoising loss for an SD1-family model: frozen VAE, UNet trained, text encoder
+    trained only if `train_text_encoder` (the from-scratch default model trains both).
+
+    Batches are `KohyaDataset` dicts (`pixel_values`, `captions`). Latents are the VAE posterior sample
+    (drawn on the step generator) × the VAE's scaling factor, as in SD training.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        alphas_cumprod: Tensor,
+        *,
+        prediction_type: Prediction = "epsilon",
+        train_text_encoder: bool = False,
+        min_snr_gamma: float | None = None,
+        noise_offset: float = 0.0,
+    ) -> None:
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.alphas_cumprod = alphas_cumprod.float()
+        self.prediction_type = prediction_type
+        self.train_text_encoder = train_text_encoder
+        self.min_snr_gamma = min_snr_gamma
+        self.noise_offset = noise_offset
+
+    def _trained(self) -> dict[str, nn.Module]:
+        trained: dict[str, nn.Module] = {"unet": self.unet}
+        if self.train_text_encoder:
+            trained["text_encoder"] = self.text_encoder
+        return trained
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        for module in self._trained().values():
+            yield from module.parameters()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {
+            f"{name}.{key}": value
+            for name, module in self._trained().items()
+            for key, value in module.state_dict().items()
+        }
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        for name, module in self._trained().items():
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def encode_captions(self, captions: list[str], device: torch.device) -> Tensor:
+        """CLIP last hidden states of the padded 77-token captions (SD1 conditioning)."""
+        ids = self.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            return self.text_encoder(ids)[0]
+
+    def loss(self, batch: Mapping[str, object], step: StepContext) -> Tensor:
+        pixels = batch["pixel_values"]
+        assert isinstance(pixels, Tensor)
+        device = next(self.unet.parameters()).device
+        with torch.no_grad():
+            posterior = self.vae.encode(pixels.to(device, self.vae.dtype)).latent_dist
+            latents = posterior.sample(generator=step.generator) * self.vae.config.scaling_factor
+        latents = latents.float()
+        noise = sample_noise(latents.shape, step.generator, self.noise_offset).to(device)
+        timesteps = sample_timesteps(latents.shape[0], len(self.alphas_cumprod), step.generator)
+        noisy = add_noise(latents, noise, timesteps, self.alphas_cumprod)
+        conditioning = self.encode_captions(list(batch["captions"]), device)  # type: ignore[arg-type]
+        prediction = self.unet(noisy, timesteps.to(device), conditioning).sample
+        target = prediction_target(self.prediction_type, latents, noise, timesteps, self.alphas_cumprod)
+        weights = None
+        if self.min_snr_gamma is not None:
+            weights = min_snr_weights(
+                timesteps, self.alphas_cumprod, self.min_snr_gamma, self.prediction_type
+            )
+        return weighted_mse(prediction, target, weights)
+
+
+class VAEObjective:
+    """AutoencoderKL loss: reconstruction (L1 or MSE) + `kl_weight` × KL to N(0, I).
+
+    No perceptual or adversarial term (the real SD VAE had both): our default model's images are flat
+    synthetic shapes, where pixel losses suffice and no extra networks are needed. The KL is summed over
+    a sample's latent elements and divided by its pixel count, so `kl_weight` has the meaning it has in
+    LDM's configs (where both terms are per-sample sums) while the reconstruction stays a mean.
+    """
+
+    def __init__(
+        self, vae: AutoencoderKL, *, reconstruction: Literal["l1", "mse"] = "l1", kl_weight: float = 1e-6
+    ) -> None:
+        self.vae = vae
+        self.reconstruction = reconstruction
+        self.kl_weight = kl_weight
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"vae": self.vae}
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.vae.parameters()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return dict(self.vae.state_dict())
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.vae.load_state_dict(state)
+
+    def loss(self, batch: Mapping[str, object], step: StepContext) -> Tensor:
+        pixels = batch["pixel_values"]
+        assert isinstance(pixels, Tensor)
+        pixels = pixels.to(next(self.vae.parameters()).device)
+        posterior = self.vae.encode(pixels).latent_dist
+        decoded = self.vae.decode(posterior.sample(generator=step.generator)).sample.float()
+        if self.reconstruction == "l1":
+            reconstruction = F.l1_loss(decoded, pixels.float())
+        else:
+            reconstruction = F.mse_loss(decoded, pixels.float())
+        kl = posterior.kl().float().mean() / pixels[0].numel()
+        return reconstruction + self.kl_weight * kl

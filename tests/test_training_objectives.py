@@ -1,0 +1,83 @@
+"""Diffusion and VAE objectives: closed forms, cross-checked against diffusers' DDPM scheduler."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+
+from sfumato.models.loader import sd_alphas_cumprod
+from sfumato.testing.tiny_models import build_components
+from sfumato.training.objectives import (
+    VAEObjective,
+    add_noise,
+    min_snr_weights,
+    prediction_target,
+    sample_noise,
+    sample_timesteps,
+    snr,
+    weighted_mse,
+)
+from sfumato.training.trainer import StepContext
+
+ALPHAS = sd_alphas_cumprod()
+
+
+def test_noising_and_targets_closed_form() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 4, 8, 8, generator=generator)
+    noise = torch.randn(3, 4, 8, 8, generator=generator)
+    t = torch.tensor([0, 499, 999])
+    alpha = ALPHAS[t].sqrt().view(-1, 1, 1, 1)
+    sigma = (1 - ALPHAS[t]).sqrt().view(-1, 1, 1, 1)
+    assert torch.allclose(add_noise(x0, noise, t, ALPHAS), alpha * x0 + sigma * noise)
+    assert torch.equal(prediction_target("epsilon", x0, noise, t, ALPHAS), noise)
+    v = prediction_target("v_prediction", x0, noise, t, ALPHAS)
+    assert torch.allclose(v, alpha * noise - sigma * x0)
+    # the same as diffusers' scheduler with SD's betas
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    assert torch.allclose(add_noise(x0, noise, t, ALPHAS), scheduler.add_noise(x0, noise, t), atol=1e-6)
+    assert torch.allclose(v, scheduler.get_velocity(x0, noise, t), atol=1e-6)
+
+
+def test_min_snr_weights_closed_form() -> None:
+    t = torch.tensor([0, 100, 400, 999])
+    ratio = ALPHAS[t] / (1 - ALPHAS[t])
+    assert torch.allclose(snr(t, ALPHAS), ratio)
+    gamma = 5.0
+    eps = min_snr_weights(t, ALPHAS, gamma, "epsilon")
+    v = min_snr_weights(t, ALPHAS, gamma, "v_prediction")
+    assert torch.allclose(eps, torch.minimum(ratio, torch.tensor(gamma)) / ratio)
+    assert torch.allclose(v, torch.minimum(ratio, torch.tensor(gamma)) / (ratio + 1))
+    # low noise (high SNR) is down-weighted; once SNR < γ an eps weight is exactly 1
+    assert eps[0] < 0.01 and eps[-1] == 1.0
+    assert torch.allclose(v[-1], ratio[-1] / (ratio[-1] + 1))
+
+
+def test_timesteps_and_noise_are_seeded() -> None:
+    draw = [sample_timesteps(64, 1000, torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(draw[0], draw[1])
+    assert draw[0].min() >= 0 and draw[0].max() < 1000 and draw[0].dtype == torch.int64
+    plain = sample_noise(torch.Size([2, 4, 8, 8]), torch.Generator().manual_seed(1))
+    offset = sample_noise(torch.Size([2, 4, 8, 8]), torch.Generator().manual_seed(1), offset=0.1)
+    shift = offset - plain  # the same per-channel constant over each channel's pixels
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)
+    assert shift.abs().max() > 0
+
+
+def test_weighted_mse() -> None:
+    prediction = torch.zeros(2, 1, 2, 2)
+    target = torch.stack([torch.ones(1, 2, 2), 2 * torch.ones(1, 2, 2)])
+    assert weighted_mse(prediction, target).item() == 2.5
+    assert weighted_mse(prediction, target, torch.tensor([1.0, 0.5])).item() == 1.5
+
+
+def test_vae_objective_backpropagates() -> None:
+    vae = build_components("sd1", seed=0).vae
+    objective = VAEObjective(vae, kl_weight=1e-3)
+    pixels = torch.rand(1, 3, 32, 32) * 2 - 1
+    loss = objective.loss({"pixel_values": pixels}, StepContext(0, 0, torch.Generator().manual_seed(0)))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert all(p.grad is not None for p in objective.trainable_parameters())
+    again = objective.loss({"pixel_values": pixels}, StepContext(0, 0, torch.Generator().manual_seed(0)))
+    assert torch.equal(loss.detach(), again.detach())
