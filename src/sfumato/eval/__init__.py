@@ -1,0 +1,1 @@
+"""Independent checks of generated images (they never use the generator they judge)."""
