@@ -38,3 +38,15 @@ def test_wrong_images_are_caught():
     empty = dataclasses.replace(scene, objects=())
     verdict = check_image(render(empty, 64), scene)
     assert not verdict.count_ok and not verdict.all_ok
+
+
+def test_eval_cli_scores_a_checkpoint(data_dir, capsys):
+    import json
+
+    from sfumato.cli import main
+
+    assert main(["eval", "shapes", "--data-dir", str(data_dir), "--count", "2", "--steps", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 3 and report["model"] == "tiny-sd1"
+    for key in ("colour", "shape", "position", "count", "two_object_both_right"):
+        assert 0.0 <= report[key] <= 1.0

@@ -125,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     emb_list.add_argument("--json", action="store_true")
     _add_common(emb_list)
     emb_list.set_defaults(handler=cmd_embeddings_list)
+
+    evaluation = sub.add_parser("eval", help="score a model with an independent checker")
+    eval_sub = evaluation.add_subparsers(dest="eval_command", required=True)
+    shapes = eval_sub.add_parser(
+        "shapes", help="held-out shapes-world prompts: colour, shape, position, count"
+    )
+    shapes.add_argument("--model", help="checkpoint (default: the default model)")
+    shapes.add_argument(
+        "--count", type=int, default=200, help="one-object prompts (two-object: half as many)"
+    )
+    shapes.add_argument("--steps", type=int, default=20)
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--device")
+    _add_common(shapes)
+    shapes.set_defaults(handler=cmd_eval_shapes)
     return parser
 
 
@@ -196,6 +211,22 @@ def cmd_embeddings_list(args: argparse.Namespace) -> int:
     }
     rows = EmbeddingDatabase.load(settings.model_dirs("embeddings"), hashes).rows()
     return _print_rows(rows, columns, as_json=args.json, kind="embeddings")
+
+
+def cmd_eval_shapes(args: argparse.Namespace) -> int:
+    from sfumato.eval.run import evaluate_checkpoint
+
+    if args.count < 1:
+        raise UserError("--count must be at least 1", field="count")
+    report = evaluate_checkpoint(
+        _settings(args, device=args.device),
+        model=args.model,
+        count=args.count,
+        seed=args.seed,
+        steps=args.steps,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 def _interrupt_flag() -> tuple[Callable[[], bool], Callable[[], None]]:
