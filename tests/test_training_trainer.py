@@ -118,9 +118,15 @@ def test_kill_and_resume_equals_uninterrupted(colours_root: Path, tmp_path: Path
 
 def test_checkpoint_and_final_model_files(colours_root: Path, tmp_path: Path) -> None:
     samples: list[int] = []
+
+    def on_sample(step: int, modules: dict[str, torch.nn.Module]) -> None:
+        assert not modules["unet"].training and not torch.is_grad_enabled()
+        samples.append(step)
+
     trainer = _trainer(colours_root, tmp_path, max_steps=2, gradient_accumulation_steps=2, sample_every=1)
-    trainer.on_sample = lambda step, modules: samples.append(step) or modules["unet"].training
+    trainer.on_sample = on_sample
     final = trainer.train()
+    assert trainer.objective.modules()["unet"].training  # back to training after sampling
     assert samples == [1, 2]
     assert trainer.position.batch == 4 % trainer.batches_per_epoch
     rows = _log(tmp_path)
@@ -144,6 +150,21 @@ def test_checkpoint_and_final_model_files(colours_root: Path, tmp_path: Path) ->
     assert trainer.ema is not None
     with trainer.ema.swapped():
         assert all(torch.equal(v, exported[k]) for k, v in trainer.objective.state_dict().items())
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(colours_root: Path, tmp_path: Path) -> None:
+    plain = _trainer(colours_root, tmp_path, max_steps=2)
+    plain.train()
+    # the same output folder again: the new run replaces the old checkpoint
+    checkpointed = _trainer(colours_root, tmp_path, max_steps=2, gradient_checkpointing=True)
+    modules = checkpointed.objective.modules()
+    assert modules["unet"].is_gradient_checkpointing
+    assert modules["text_encoder"].is_gradient_checkpointing
+    assert not modules["vae"].is_gradient_checkpointing  # frozen
+    checkpointed.train()
+    expected = plain.objective.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in checkpointed.objective.state_dict().items())
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
 
 
 def test_ema_update_closed_form_and_exact_swap() -> None:

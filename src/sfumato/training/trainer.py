@@ -23,6 +23,7 @@ import csv
 import json
 import logging
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -262,7 +263,10 @@ class Trainer:
         folder = self.output_dir / "checkpoints" / f"step-{self.step:06d}"
         partial = folder.with_name(folder.name + ".partial")
         accelerator = self.accelerator
-        partial.mkdir(parents=True, exist_ok=True)
+        if accelerator.is_main_process:  # a save killed half way may have left a partial folder
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
         torch.save(_rng_state(), partial / f"rng-{accelerator.process_index}.pt")
         if accelerator.is_main_process:
             save_file(
@@ -283,6 +287,7 @@ class Trainer:
             (partial / "trainer.json").write_text(json.dumps(config, indent=2) + "\n")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            shutil.rmtree(folder, ignore_errors=True)  # a run restarted in the same folder
             partial.replace(folder)
         accelerator.wait_for_everyone()
         return folder
