@@ -196,6 +196,13 @@ def test_ema_update_closed_form_and_exact_swap() -> None:
     assert restored.num_updates == 4 and torch.equal(restored.shadow[0], shadow)
 
 
+def test_config_rejects_impossible_values(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        TrainerConfig(output_dir=tmp_path, max_steps=0)
+    with pytest.raises(ValueError):
+        TrainerConfig(output_dir=tmp_path, max_steps=5, save_every=-1)
+
+
 def test_preserved_rng_restores_global_state() -> None:
     torch.manual_seed(3)
     expected = torch.rand(3)

@@ -119,6 +119,12 @@ class TrainerConfig:
     progress_bar: bool = True
     tensorboard: bool = True
 
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError("max_steps and gradient_accumulation_steps must be at least 1")
+        if self.save_every < 0 or self.sample_every < 0 or self.lr_warmup_steps < 0:
+            raise ValueError("save_every, sample_every and lr_warmup_steps cannot be negative")
+
 
 def step_seed(seed: int, process: int, step: int, micro_step: int) -> int:
     """A 63-bit seed for one micro-batch, well mixed (numpy's SeedSequence) from its coordinates."""
