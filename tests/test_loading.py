@@ -197,3 +197,9 @@ def test_modelspec_metadata_declares_native_size_and_prediction(tmp_path):
     )
     model = load_single_file(path, device=CPU, dtype=torch.float32)
     assert model.native_size == (96, 128) and model.prediction == "v_prediction"
+
+
+def test_a_declared_vae_scaling_factor_is_used(tmp_path):
+    path = tmp_path / "scaled.safetensors"
+    write_single_file(path, "sd1", seed=0, metadata={"sfumato.vae_scaling_factor": "0.5"})
+    assert load_single_file(path, device=CPU, dtype=torch.float32).vae.config.scaling_factor == 0.5

@@ -71,6 +71,14 @@ def native_resolution(
     return side, side
 
 
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value and value > 0 else None
+
+
 def read_modelspec(metadata: Mapping[str, str]) -> tuple[tuple[int, int] | None, Prediction | None]:
     """Resolution and prediction type from Stability's `modelspec.*` safetensors metadata, when present
     (our own exports write it too, which is how small custom-resolution models declare their size)."""
@@ -327,10 +335,13 @@ def detect_checkpoint(sd: Mapping[str, torch.Tensor], *, name: str = "checkpoint
     else:
         encoders = (_clip_l_spec(sd, keys, CLIP_L_PREFIXES["sd1"]),)
 
+    metadata = getattr(sd, "metadata", {}) or {}
     vae_config = None
     if f"{VAE_PREFIX}encoder.conv_in.weight" in sd:
         vae_config = infer_vae_config(sd, keys, VAE_PREFIX, family)
-    resolution, declared_prediction = read_modelspec(getattr(sd, "metadata", {}) or {})
+        if scaling := _float_or_none(metadata.get("sfumato.vae_scaling_factor")):
+            vae_config["scaling_factor"] = scaling  # models trained here declare their latent scale
+    resolution, declared_prediction = read_modelspec(metadata)
     prediction: Prediction | None = "epsilon" if family in ("sd1", "sdxl") else None
     if "v_pred" in sd:  # ComfyUI's marker tensor for v-prediction checkpoints
         prediction = "v_prediction"
