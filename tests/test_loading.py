@@ -203,3 +203,14 @@ def test_a_declared_vae_scaling_factor_is_used(tmp_path):
     path = tmp_path / "scaled.safetensors"
     write_single_file(path, "sd1", seed=0, metadata={"sfumato.vae_scaling_factor": "0.5"})
     assert load_single_file(path, device=CPU, dtype=torch.float32).vae.config.scaling_factor == 0.5
+
+
+def test_the_embedded_model_is_the_default_when_no_checkpoint_is_found(tmp_path, monkeypatch, tiny_models):
+    from sfumato.models import registry
+
+    monkeypatch.setattr(registry, "embedded_default_model", lambda: tiny_models["sd1"][0])
+    manager = ModelManager(load_settings({"data_dir": tmp_path}, env={}), device=CPU, dtype=torch.float32)
+    assert manager.default_checkpoint() == tiny_models["sd1"][0]
+    (tmp_path / "models/Stable-diffusion").mkdir(parents=True)
+    shutil.copy(tiny_models["sd1"][0], tmp_path / "models/Stable-diffusion/mine.safetensors")
+    assert manager.default_checkpoint().name == "mine.safetensors"  # a user's checkpoint comes first

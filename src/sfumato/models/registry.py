@@ -140,6 +140,15 @@ def side_vae_for(checkpoint: Path) -> Path | None:
     return None
 
 
+EMBEDDED_MODEL = "sfumato-shapes.safetensors"
+
+
+def embedded_default_model() -> Path | None:
+    """The small model sfumato ships (trained by scripts/train_default_model.py), if this build has it."""
+    path = Path(__file__).parent / "data" / "default" / EMBEDDED_MODEL
+    return path if path.is_file() else None
+
+
 class ModelManager:
     """Resolves names to files and keeps the last loaded checkpoint (with its VAE choice) ready."""
 
@@ -157,7 +166,8 @@ class ModelManager:
         entries = list_checkpoints(self.settings)
         if entries:
             return entries[0].path
-        return self._placeholder_checkpoint()
+        embedded = embedded_default_model()
+        return embedded if embedded is not None else self._placeholder_checkpoint()
 
     def _placeholder_checkpoint(self) -> Path:
         """Until the embedded default model ships, a tiny random-weight SD1 model stands in: it proves
