@@ -160,3 +160,27 @@ def test_without_any_checkpoint_a_placeholder_runs_and_says_it_is_noise(tmp_path
     assert code == 0
     assert len(lines) == 1 and lines[0].endswith(".png")
     assert "RANDOM-WEIGHT placeholder" in err and "noise" in err
+
+
+def test_each_image_is_saved_as_soon_as_it_is_made(data_dir):
+    settings = load_settings({"data_dir": data_dir}, env={})
+    fields = {
+        "prompt": "x",
+        "steps": 2,
+        "seed": 1,
+        "n_iter": 2,
+        "sampler_name": "Euler",
+        "width": 64,
+        "height": 64,
+    }
+    job = Txt2ImgJob(settings, fields)
+    folder = data_dir / "outputs" / "txt2img-images" / dt.date.today().isoformat()
+    on_disk = []
+
+    def count_files() -> bool:
+        on_disk.append(len(list(folder.glob("*.png"))) if folder.is_dir() else 0)
+        return False
+
+    paths = job.run(should_stop=count_files)
+    assert on_disk == [0, 0, 1, 1]  # the first image was on disk before the second batch sampled
+    assert [p.name for p in paths] == ["00000-1.png", "00001-2.png"]

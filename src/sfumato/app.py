@@ -27,8 +27,8 @@ from sfumato.prompts.embeddings import EmbeddingDatabase
 from sfumato.prompts.encode import encoder_widths
 from sfumato.request import GenerationRequest, build_request
 from sfumato.settings import Settings
-from sfumato.tasks.common import Progress, RunControl
-from sfumato.tasks.txt2img import generate, resolve_sampler
+from sfumato.tasks.common import RunControl
+from sfumato.tasks.txt2img import GeneratedImage, Txt2ImgResult, generate, resolve_sampler
 
 
 def request_from_png(path: Path, manager: ModelManager) -> dict[str, Any]:
@@ -87,27 +87,29 @@ class Txt2ImgJob:
         on_saved: Callable[[Path], None] = lambda path: None,
     ) -> list[Path]:
         model = self.manager.load(self.request.model, self.request.vae, self.request.prediction)
-        total = self.request.steps * self.request.n_iter
-        with tqdm(total=total, desc="txt2img", unit="step", leave=False) as bar:
-
-            def on_step(progress: Progress) -> None:
-                bar.update(1)
-
-            control = RunControl(on_step=on_step, should_stop=should_stop)
-            lookup, notes = self._embeddings_for(model)
-            result = generate(model, self.request, control, embedding_lookup=lookup)
-        for note in notes + result.notes:
-            print(f"sfumato: {note}", file=sys.stderr)
-        self.interrupted = control.interrupted
         folder = self.out_dir or images_folder(self.settings.outputs, "txt2img")
-        saved = []
-        for generated in result.images:
+        saved: list[Path] = []
+
+        def save(generated: GeneratedImage, result: Txt2ImgResult) -> None:
             text = self.infotext_for(
                 model, generated.seed, generated.subseed, generated.image.size, result.used_embeddings
             )
             path = save_png(generated.image, folder, generated.seed, text)
-            on_saved(path)
             saved.append(path)
+            on_saved(path)
+
+        total = self.request.steps * self.request.n_iter
+        with tqdm(total=total, desc="txt2img", unit="step", leave=False) as bar:
+            control = RunControl(
+                on_step=lambda progress: bar.update(1), on_image=save, should_stop=should_stop
+            )
+            lookup, notes = self._embeddings_for(model)
+            for note in notes:
+                print(f"sfumato: {note}", file=sys.stderr)
+            result = generate(model, self.request, control, embedding_lookup=lookup)
+        for note in result.notes:
+            print(f"sfumato: {note}", file=sys.stderr)
+        self.interrupted = control.interrupted
         return saved
 
     def _embeddings_for(self, model: LoadedModel) -> tuple[Callable, list[str]]:

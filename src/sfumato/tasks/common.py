@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
@@ -32,9 +33,11 @@ class Progress:
 
 @dataclass
 class RunControl:
-    """Hooks a caller passes down: progress reporting and a stop flag checked after every step."""
+    """Hooks a caller passes down: progress reporting, each finished image (with the job's result so
+    far, for its infotext), and a stop flag checked after every step."""
 
     on_step: Callable[[Progress], None] | None = None
+    on_image: Callable[[Any, Any], None] | None = None
     should_stop: Callable[[], bool] = lambda: False
     interrupted: bool = field(default=False, init=False)
 

@@ -97,7 +97,9 @@ def generate(
     )
     plan.encode_all()
     shape = (model.latent_channels, height // factor, width // factor)
-    result = Txt2ImgResult(images=[], notes=_notes(plan.extra_networks))
+    result = Txt2ImgResult(
+        images=[], used_embeddings=dict(encoder.used_embeddings), notes=_notes(plan.extra_networks)
+    )
     for batch_index in range(request.n_iter):
         first = batch_index * request.batch_size
         seeds = [seed + first + i for i in range(request.batch_size)]
@@ -106,12 +108,12 @@ def generate(
             model, request, sampler, sigmas, plan, shape, seeds, subseeds, control, first
         )
         for offset, image in enumerate(decode_latents(model, latents)):
-            result.images.append(
-                GeneratedImage(image, seeds[offset], subseeds[offset], first + offset, interrupted)
-            )
+            generated = GeneratedImage(image, seeds[offset], subseeds[offset], first + offset, interrupted)
+            result.images.append(generated)
+            if control.on_image:
+                control.on_image(generated, result)  # saved at once: a later failure loses nothing
         if interrupted:
             break
-    result.used_embeddings = dict(encoder.used_embeddings)
     return result
 
 
