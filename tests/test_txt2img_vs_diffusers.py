@@ -79,6 +79,30 @@ def ours(
     return latents, start, float(sigmas[0])
 
 
+def diffusers_pipeline(model, scheduler):
+    """diffusers' own pipeline over our loaded components (the independent reference)."""
+    if model.family == "sdxl":
+        return StableDiffusionXLPipeline(
+            vae=model.vae,
+            text_encoder=model.text_encoders[0],
+            text_encoder_2=model.text_encoders[1],
+            tokenizer=model.tokenizers[0],
+            tokenizer_2=model.tokenizers[1],
+            unet=model.unet,
+            scheduler=scheduler,
+        )
+    return StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoders[0],
+        tokenizer=model.tokenizers[0],
+        unet=model.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def reference(
     model,
     scheduler,
@@ -100,29 +124,10 @@ def reference(
         "prompt_embeds": positive.cross.repeat(2, 1, 1),
         "negative_prompt_embeds": negative.cross.repeat(2, 1, 1),
     }
+    pipe = diffusers_pipeline(model, scheduler)
     if model.family == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            vae=model.vae,
-            text_encoder=model.text_encoders[0],
-            text_encoder_2=model.text_encoders[1],
-            tokenizer=model.tokenizers[0],
-            tokenizer_2=model.tokenizers[1],
-            unet=model.unet,
-            scheduler=scheduler,
-        )
         kwargs["pooled_prompt_embeds"] = positive.pooled.repeat(2, 1)
         kwargs["negative_pooled_prompt_embeds"] = negative.pooled.repeat(2, 1)
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=model.vae,
-            text_encoder=model.text_encoders[0],
-            tokenizer=model.tokenizers[0],
-            unet=model.unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
     pipe.set_progress_bar_config(disable=True)
     captured = {}
 
@@ -263,29 +268,11 @@ def test_negative_control_a_wrong_setting_is_caught(models):
 def test_conditioning_matches_diffusers_encode_prompt(models, family):
     model = models[family]
     cond = encode_prompt(model, PROMPT)
+    pipe = diffusers_pipeline(model, diffusers.EulerDiscreteScheduler(**SD))
     if family == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            vae=model.vae,
-            text_encoder=model.text_encoders[0],
-            text_encoder_2=model.text_encoders[1],
-            tokenizer=model.tokenizers[0],
-            tokenizer_2=model.tokenizers[1],
-            unet=model.unet,
-            scheduler=diffusers.EulerDiscreteScheduler(**SD),
-        )
         embeds, _, pooled, _ = pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)
         torch.testing.assert_close(cond.pooled, pooled, rtol=1e-4, atol=1e-5)
     else:
-        pipe = StableDiffusionPipeline(
-            vae=model.vae,
-            text_encoder=model.text_encoders[0],
-            tokenizer=model.tokenizers[0],
-            unet=model.unet,
-            scheduler=diffusers.EulerDiscreteScheduler(**SD),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
         embeds, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
     torch.testing.assert_close(cond.cross, embeds, rtol=1e-4, atol=1e-5)
 
