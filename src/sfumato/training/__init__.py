@@ -65,6 +65,7 @@ from sfumato.training.dataset import (
     scan_kohya_folder,
 )
 from sfumato.training.ema import EMA
+from sfumato.training.latents import LatentCache
 from sfumato.training.objectives import DiffusionObjective, VAEObjective
 from sfumato.training.trainer import (
     Objective,
@@ -83,6 +84,7 @@ __all__ = [
     "DiffusionObjective",
     "ImageItem",
     "KohyaDataset",
+    "LatentCache",
     "Objective",
     "SampleCallback",
     "StepContext",

@@ -241,11 +241,13 @@ class KohyaDataset:
         return to_tensor(image), caption
 
     def load_batch(self, epoch: int, samples: Sequence[tuple[int, int]]) -> dict[str, object]:
-        """A batch dict: `pixel_values` (B, 3, H, W) in [-1, 1] and `captions` (list of str)."""
+        """A batch dict: `pixel_values` (B, 3, H, W) in [-1, 1], `captions` (list of str) and
+        `item_indices` (B,), which image each sample is (for caches keyed by image, e.g. latents)."""
         loaded = [self.load_sample(epoch, index, repeat) for index, repeat in samples]
         return {
             "pixel_values": torch.stack([pixels for pixels, _ in loaded]),
             "captions": [caption for _, caption in loaded],
+            "item_indices": torch.tensor([index for index, _ in samples], dtype=torch.int64),
         }
 
 

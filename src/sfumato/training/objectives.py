@@ -25,6 +25,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from sfumato.training.latents import LatentCache
 from sfumato.training.trainer import StepContext
 
 Prediction = Literal["epsilon", "v_prediction"]
@@ -96,8 +97,9 @@ class DiffusionObjective:
     """Text-to-image denoising loss for an SD1-family model: frozen VAE, UNet trained, text encoder
     trained only if `train_text_encoder` (the from-scratch default model trains both).
 
-    Batches are `KohyaDataset` dicts (`pixel_values`, `captions`). Latents are the VAE posterior sample
-    (drawn on the step generator) × the VAE's scaling factor, as in SD training.
+    Batches are `KohyaDataset` dicts (`pixel_values`, `captions`, `item_indices`). Latents are the VAE
+    posterior sample (drawn on the step generator) × the VAE's scaling factor, as in SD training; with a
+    `latent_cache` the posterior comes from the cache instead of encoding the pixels again.
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class DiffusionObjective:
         train_text_encoder: bool = False,
         min_snr_gamma: float | None = None,
         noise_offset: float = 0.0,
+        latent_cache: LatentCache | None = None,
     ) -> None:
         self.unet = unet
         self.vae = vae
@@ -122,6 +125,7 @@ class DiffusionObjective:
         self.train_text_encoder = train_text_encoder
         self.min_snr_gamma = min_snr_gamma
         self.noise_offset = noise_offset
+        self.latent_cache = latent_cache
 
     def _trained(self) -> dict[str, nn.Module]:
         trained: dict[str, nn.Module] = {"unet": self.unet}
@@ -160,14 +164,25 @@ class DiffusionObjective:
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
             return self.text_encoder(ids)[0]
 
-    def loss(self, batch: Mapping[str, object], step: StepContext) -> Tensor:
-        pixels = batch["pixel_values"]
-        assert isinstance(pixels, Tensor)
-        device = next(self.unet.parameters()).device
-        with torch.no_grad():
+    @torch.no_grad()
+    def latents(
+        self, batch: Mapping[str, object], generator: torch.Generator, device: torch.device
+    ) -> Tensor:
+        """Scaled posterior samples of the batch's images: from the cache, or by encoding the pixels."""
+        if self.latent_cache is not None:
+            indices = batch["item_indices"]
+            assert isinstance(indices, Tensor)
+            sample = self.latent_cache.sample(indices, generator).to(device)
+        else:
+            pixels = batch["pixel_values"]
+            assert isinstance(pixels, Tensor)
             posterior = self.vae.encode(pixels.to(device, self.vae.dtype)).latent_dist
-            latents = posterior.sample(generator=step.generator) * self.vae.config.scaling_factor
-        latents = latents.float()
+            sample = posterior.sample(generator=generator)
+        return sample.float() * self.vae.config.scaling_factor
+
+    def loss(self, batch: Mapping[str, object], step: StepContext) -> Tensor:
+        device = next(self.unet.parameters()).device
+        latents = self.latents(batch, step.generator, device)
         noise = sample_noise(latents.shape, step.generator, self.noise_offset).to(device)
         timesteps = sample_timesteps(latents.shape[0], len(self.alphas_cumprod), step.generator)
         noisy = add_noise(latents, noise, timesteps, self.alphas_cumprod)
