@@ -71,15 +71,19 @@ def test_cache_saves_loads_and_refuses_other_images(root: Path, tmp_path: Path) 
     path = tmp_path / "latents.safetensors"
     made = LatentCache.load_or_encode(path, dataset, vae, progress=False)
     assert path.exists() and not path.with_name(path.name + ".partial").exists()
-    loaded = LatentCache.load(path, dataset)
+    loaded = LatentCache.load(path, dataset, vae)
     assert all(torch.equal(a, b) for a, b in zip(made.mean, loaded.mean, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(made.std, loaded.std, strict=True))
 
+    other_vae = build_components("sd1", seed=1).vae.eval()
+    with pytest.raises(ValueError, match="another VAE"):
+        LatentCache.load(path, dataset, other_vae)
+
     fewer = KohyaDataset(dataset.items[:4], dataset.config)
-    with pytest.raises(ValueError, match="another set of images"):
-        LatentCache.load(path, fewer)
+    with pytest.raises(ValueError, match="other images"):
+        LatentCache.load(path, fewer, vae)
     again = LatentCache.load_or_encode(path, fewer, vae, progress=False)  # re-encoded for the new set
-    assert len(again.mean) == 4 and LatentCache.load(path, fewer).fingerprint == again.fingerprint
+    assert len(again.mean) == 4 and LatentCache.load(path, fewer, vae).fingerprint == again.fingerprint
 
 
 def test_flipping_datasets_cannot_be_cached(root: Path) -> None:

@@ -81,3 +81,35 @@ def test_vae_objective_backpropagates() -> None:
     assert all(p.grad is not None for p in objective.trainable_parameters())
     again = objective.loss({"pixel_values": pixels}, StepContext(0, 0, torch.Generator().manual_seed(0)))
     assert torch.equal(loss.detach(), again.detach())
+
+
+def test_vae_foreground_weighting_closed_form() -> None:
+    """Pixels unlike the image's median colour weigh 1 + w; w = 0 is the plain mean L1."""
+    vae = build_components("sd1", seed=0).vae
+    pixels = torch.full((2, 3, 32, 32), -0.5)
+    pixels[0, :, 4:12, 4:12] = 0.8  # a square on a plain background
+    pixels[1, 0, 20:24, 8:30] = 0.9  # a bar in one channel only
+    weighted = VAEObjective(vae, foreground_weight=10.0)
+    weights = weighted.pixel_weights(pixels)
+    expected = torch.ones(2, 1, 32, 32)
+    expected[0, :, 4:12, 4:12] = 11.0
+    expected[1, :, 20:24, 8:30] = 11.0
+    assert torch.equal(weights, expected)
+
+    def decoded_and_kl(objective: VAEObjective) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = vae.encode(pixels).latent_dist
+        generator = torch.Generator().manual_seed(0)
+        decoded = vae.decode(posterior.sample(generator=generator)).sample
+        return decoded, posterior.kl().mean() / pixels[0].numel()
+
+    with torch.no_grad():
+        decoded, kl = decoded_and_kl(weighted)
+        step = StepContext(0, 0, torch.Generator().manual_seed(0))
+        got = weighted.loss({"pixel_values": pixels}, step)
+        error = (decoded - pixels).abs()
+        assert torch.allclose(got, (error * expected).mean() / expected.mean() + 1e-6 * kl, rtol=1e-5)
+        plain = VAEObjective(vae).loss(
+            {"pixel_values": pixels}, StepContext(0, 0, torch.Generator().manual_seed(0))
+        )
+        assert torch.allclose(plain, torch.nn.functional.l1_loss(decoded, pixels) + 1e-6 * kl, rtol=1e-5)
+        assert not torch.allclose(got, plain)

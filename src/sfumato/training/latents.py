@@ -8,7 +8,7 @@ the dataset loads them; random flips would make a cached latent wrong, so a data
 refused (kohya refuses the same combination).
 
 A cache can be saved beside a run (`save` / `load`, safetensors), so resuming a killed run does not
-encode everything again; the file records which images it was made for and `load` refuses another set.
+encode everything again; the file records which images and which VAE weights it was made for, and `load` refuses others.
 """
 
 from __future__ import annotations
@@ -27,11 +27,15 @@ from tqdm.auto import tqdm
 from sfumato.training.dataset import KohyaDataset
 
 
-def _fingerprint(dataset: KohyaDataset) -> str:
-    """Which images, in which order, at which bucket sizes: what a cache's rows stand for."""
+def _fingerprint(dataset: KohyaDataset, vae: AutoencoderKL) -> str:
+    """Which images, in which order, at which bucket sizes, encoded by which VAE weights: what a
+    cache's rows stand for."""
     digest = hashlib.sha256()
     for item, bucket in zip(dataset.items, dataset.item_buckets, strict=True):
         digest.update(f"{item.path}|{bucket[0]}x{bucket[1]}\n".encode())
+    for name, tensor in vae.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -70,7 +74,7 @@ class LatentCache:
                     std[index] = posterior.std[row].float().cpu().clone(memory_format=torch.contiguous_format)
                 bar.update(len(chunk))
         bar.close()
-        return cls(mean, std, _fingerprint(dataset))  # type: ignore[arg-type]
+        return cls(mean, std, _fingerprint(dataset, vae))  # type: ignore[arg-type]
 
     def sample(self, indices: Tensor, generator: torch.Generator) -> Tensor:
         """A posterior sample for each item in `indices` (one batch: one bucket, so one shape)."""
@@ -90,14 +94,14 @@ class LatentCache:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, dataset: KohyaDataset) -> LatentCache:
-        """A saved cache, checked to be for exactly `dataset`'s images."""
+    def load(cls, path: str | Path, dataset: KohyaDataset, vae: AutoencoderKL) -> LatentCache:
+        """A saved cache, checked to be for exactly `dataset`'s images and this VAE."""
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as handle:
             fingerprint = (handle.metadata() or {}).get("fingerprint")
-        if fingerprint != _fingerprint(dataset):
-            raise ValueError(f"{path} caches another set of images than this dataset's")
+        if fingerprint != _fingerprint(dataset, vae):
+            raise ValueError(f"{path} caches other images or another VAE's latents")
         tensors = load_file(str(path))
         count = len(dataset.items)
         return cls(
@@ -113,7 +117,7 @@ class LatentCache:
         """The cache saved at `path` if it fits `dataset`, else a new one, encoded and saved there."""
         if Path(path).exists():
             try:
-                return cls.load(path, dataset)
+                return cls.load(path, dataset, vae)
             except ValueError:
                 pass
         cache = cls.encode(dataset, vae, **options)  # type: ignore[arg-type]
