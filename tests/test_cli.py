@@ -14,6 +14,7 @@ from PIL import Image
 from sfumato import infotext
 from sfumato.app import Txt2ImgJob
 from sfumato.cli import _interrupt_flag, main
+from sfumato.models import registry
 from sfumato.settings import load_settings
 
 FAST = ["--steps", "2", "--sampler", "Euler", "--width", "64", "--height", "64"]
@@ -155,11 +156,11 @@ def test_ctrl_c_sets_the_flag_then_stops_hard():
         restore()
 
 
-def test_without_any_checkpoint_a_placeholder_runs_and_says_it_is_noise(tmp_path, capsys):
+def test_without_any_checkpoint_nor_the_embedded_model_one_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(registry, "embedded_default_model", lambda: None)  # a broken install
     code, lines, err = run(capsys, "txt2img", "a red circle", "--data-dir", tmp_path, *FAST)
-    assert code == 0
-    assert len(lines) == 1 and lines[0].endswith(".png")
-    assert "RANDOM-WEIGHT placeholder" in err and "noise" in err
+    assert code == 2 and lines == []
+    assert err.count("\n") == 1 and "embedded default model" in err and "--model" in err
 
 
 def test_each_image_is_saved_as_soon_as_it_is_made(data_dir):

@@ -53,7 +53,7 @@ class Settings(BaseModel):
 
     @property
     def cache_dir(self) -> Path:
-        """sfumato's own files in the data dir (hash cache, generated placeholders)."""
+        """sfumato's own files in the data dir (the hash cache)."""
         return self.data_dir / ".sfumato"
 
     @property

@@ -149,6 +149,11 @@ def embedded_default_model() -> Path | None:
     return path if path.is_file() else None
 
 
+def _searched(settings: Settings) -> str:
+    """The first checkpoint folders, for messages saying where we looked."""
+    return ", ".join(str(p) for p in settings.model_dirs("checkpoints")[:2])
+
+
 class ModelManager:
     """Resolves names to files and keeps the last loaded checkpoint (with its VAE choice) ready."""
 
@@ -167,23 +172,12 @@ class ModelManager:
         if entries:
             return entries[0].path
         embedded = embedded_default_model()
-        return embedded if embedded is not None else self._placeholder_checkpoint()
-
-    def _placeholder_checkpoint(self) -> Path:
-        """Until the embedded default model ships, a tiny random-weight SD1 model stands in: it proves
-        the whole path works, and we say plainly that what it draws is noise."""
-        from sfumato.testing.tiny_models import write_single_file
-
-        path = self.settings.cache_dir / "placeholder-random-sd1-128px.safetensors"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_single_file(path, "sd1", seed=0, metadata={"modelspec.resolution": "128x128"})
-        print(
-            "sfumato: no checkpoint found in models/Stable-diffusion; using a tiny RANDOM-WEIGHT placeholder "
-            "model — the image will be noise. Put a .safetensors checkpoint there for real images.",
-            file=sys.stderr,
-        )
-        return path
+        if embedded is None:
+            raise UserError(
+                f"no checkpoint found (looked in {_searched(self.settings)} …) and this install lacks sfumato's embedded "
+                f"default model ({EMBEDDED_MODEL}); reinstall sfumato or pass --model PATH"
+            )
+        return embedded
 
     def checkpoint_path(self, query: str | None) -> Path:
         if not query:
@@ -237,6 +231,5 @@ class ModelManager:
 def require_checkpoints(settings: Settings) -> list[ModelEntry]:
     entries = list_checkpoints(settings)
     if not entries:
-        folders = ", ".join(str(p) for p in settings.model_dirs("checkpoints")[:2])
-        raise UserError(f"no checkpoints found (looked in {folders} …)")
+        raise UserError(f"no checkpoints found (looked in {_searched(settings)} …)")
     return entries

@@ -7,7 +7,10 @@ How it is organised
   (one bucket per batch) as a pure function of (seed, epoch), so a run can resume mid-epoch.
 - `objectives`: what is learned. Closed-form pieces (noising, eps/v targets, min-SNR-γ, noise offset,
   weighted MSE) plus `DiffusionObjective` (SD1-family text-to-image: UNet, optionally the text encoder,
-  on a frozen VAE) and `VAEObjective` (AutoencoderKL: L1/MSE + KL).
+  on a frozen VAE) and `VAEObjective` (AutoencoderKL: L1/MSE + KL, optional foreground weighting).
+- `latents`: `LatentCache`, kohya's cache_latents: each image's VAE posterior (mean, std) encoded once
+  and sampled afresh each step, so a frozen VAE costs nothing per step (`DiffusionObjective(...,
+  latent_cache=...)`); saved beside a run and refused for other images or another VAE.
 - `ema`: `EMA`, the moving average of the trained weights, with warmup and an exact swap.
 - `trainer`: `Trainer(objective, dataset, TrainerConfig(...), on_sample=...)`. accelerate supplies
   devices, DDP, mixed precision and gradient accumulation; torch AdamW; diffusers the LR schedules. The
@@ -50,9 +53,10 @@ Write an object satisfying `trainer.Objective`; the loop, data, checkpoints and 
    trainer should produce (`model.safetensors`), e.g. kohya's `lora_unet_*` keys for a LoRA or A1111's
    `string_to_param` for an embedding; the converter belongs to the objective, not to the trainer.
 
-The default text-to-image model: `DiffusionObjective(..., train_text_encoder=True)` over the synthetic
-shapes dataset, `on_sample` rendering prompts through sfumato's txt2img; its VAE first, with
-`VAEObjective`, through the same trainer.
+The embedded default model (`scripts/train_default_model.py`) is the worked example: its VAE with
+`VAEObjective` (a plain stage, then a foreground-weighted one), then `DiffusionObjective(...,
+train_text_encoder=True, latent_cache=...)` over the synthetic shapes dataset, all through the same
+`Trainer`; checkpoints of the running UNet stage are exported and scored with `sfumato eval shapes`.
 """
 
 from sfumato.training.dataset import (

