@@ -56,7 +56,7 @@ def test_cached_posterior_gives_the_loss_of_encoding_every_step(root: Path) -> N
             expected = plain.loss(batch, StepContext(step, 0, torch.Generator().manual_seed(step)))
             got = cached.loss(batch, StepContext(step, 0, torch.Generator().manual_seed(step)))
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (got, expected)
-        # and the cache really is used: a different std changes the loss
+    # and the cache really is used: shifted means change the loss
     shifted = LatentCache([m + 1 for m in cache.mean], cache.std, cache.fingerprint)
     batch = dataset.load_batch(0, dataset.epoch_plan(0)[0])
     with torch.no_grad():
