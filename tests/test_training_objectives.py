@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
@@ -113,3 +114,25 @@ def test_vae_foreground_weighting_closed_form() -> None:
         )
         assert torch.allclose(plain, torch.nn.functional.l1_loss(decoded, pixels) + 1e-6 * kl, rtol=1e-5)
         assert not torch.allclose(got, plain)
+
+
+def test_vae_object_crops_centre_on_the_object() -> None:
+    vae = build_components("sd1", seed=0).vae
+    pixels = torch.full((3, 3, 64, 64), -0.5)
+    pixels[:, :, 40:48, 6:14] = 0.8  # an 8-px square whose centre is (44, 10)
+    always = VAEObjective(vae, crop_size=32, object_crop_share=1.0)
+    crops = always.crops(pixels, torch.Generator().manual_seed(0))
+    assert crops.shape == (3, 3, 32, 32)
+    assert all((crop > 0).any() for crop in crops)  # every crop holds part of the object
+    never = VAEObjective(vae, crop_size=32, object_crop_share=0.0)
+    plain = never.crops(pixels, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    for crop in plain:  # uniform placement: the same draws, in the same order, give the same windows
+        torch.rand(1, generator=generator)  # the object-or-not draw
+        top, left = int(torch.randint(33, (1,), generator=generator)), int(torch.randint(33, (1,), generator=generator))
+        assert torch.equal(crop, pixels[0, :, top : top + 32, left : left + 32])
+    with torch.no_grad():
+        loss = always.loss({"pixel_values": pixels}, StepContext(0, 0, torch.Generator().manual_seed(0)))
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="crop_size 80"):
+        VAEObjective(vae, crop_size=80).crops(pixels, torch.Generator())
