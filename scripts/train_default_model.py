@@ -1,7 +1,7 @@
 """Train sfumato's embedded default model from scratch on the synthetic shapes world, end to end.
 
     python scripts/train_default_model.py --out runs/default [--images 30000] [--vae-steps 1800]
-        [--unet-steps 2200] [--threads 2]
+        [--unet-steps 1500] [--threads 2]
     cp runs/default/sfumato-shapes.safetensors src/sfumato/models/data/default/
 
 Stages (each one resumable: re-running the command continues a killed run):
@@ -245,7 +245,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/default"))
     parser.add_argument("--images", type=int, default=30000)
     parser.add_argument("--vae-steps", type=int, default=1800)
-    parser.add_argument("--unet-steps", type=int, default=2200)
+    parser.add_argument("--unet-steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(

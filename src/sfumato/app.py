@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
 from sfumato import infotext, runtime
@@ -27,7 +29,7 @@ from sfumato.prompts.embeddings import EmbeddingDatabase
 from sfumato.prompts.encode import encoder_widths
 from sfumato.request import GenerationRequest, build_request
 from sfumato.settings import Settings
-from sfumato.tasks.common import RunControl
+from sfumato.tasks.common import Progress, RunControl
 from sfumato.tasks.txt2img import GeneratedImage, Txt2ImgResult, generate, resolve_sampler
 
 
@@ -57,8 +59,29 @@ def request_from_png(path: Path, manager: ModelManager) -> dict[str, Any]:
     return fields
 
 
+@dataclass(frozen=True)
+class SavedImage:
+    """An image a job has written, with what the caller needs to list or return it."""
+
+    path: Path
+    index: int
+    seed: int
+    subseed: int
+    infotext: str
+    image: Image.Image
+
+
+def make_manager(settings: Settings) -> ModelManager:
+    """The model manager for the configured device and dtype (one per process: it caches the model)."""
+    runtime.configure(settings.threads)
+    device = pick_device(settings.device)
+    return ModelManager(settings, device=device, dtype=pick_dtype(device, settings.dtype))
+
+
 class Txt2ImgJob:
-    """A txt2img job from CLI-style fields (and optionally a PNG to start from)."""
+    """A txt2img job from CLI-style fields (and optionally a PNG to start from).
+
+    A server passes its long-lived `manager` so consecutive jobs reuse the loaded model."""
 
     def __init__(
         self,
@@ -67,13 +90,10 @@ class Txt2ImgJob:
         *,
         from_png: Path | None = None,
         out_dir: Path | None = None,
+        manager: ModelManager | None = None,
     ) -> None:
-        runtime.configure(settings.threads)
         self.settings = settings
-        self.device = pick_device(settings.device)
-        self.manager = ModelManager(
-            settings, device=self.device, dtype=pick_dtype(self.device, settings.dtype)
-        )
+        self.manager = manager or make_manager(settings)
         base = request_from_png(from_png, self.manager) if from_png else {}
         self.request: GenerationRequest = build_request(**{**base, **fields})
         resolve_sampler(self.request)  # fail on a bad sampler name before loading any model
@@ -84,24 +104,37 @@ class Txt2ImgJob:
         self,
         *,
         should_stop: Callable[[], bool] = lambda: False,
-        on_saved: Callable[[Path], None] = lambda path: None,
+        should_skip: Callable[[], bool] = lambda: False,
+        on_step: Callable[[Progress], None] = lambda progress: None,
+        on_saved: Callable[[SavedImage], None] = lambda saved: None,
+        already_saved: Callable[[int], bool] = lambda index: False,
     ) -> list[Path]:
+        """Generate and save every image; `already_saved(index)` names images a crashed earlier run
+        of this job saved, which are then not saved again (the rerun makes the same pixels)."""
         model = self.manager.load(self.request.model, self.request.vae, self.request.prediction)
         folder = self.out_dir or images_folder(self.settings.outputs, "txt2img")
         saved: list[Path] = []
 
         def save(generated: GeneratedImage, result: Txt2ImgResult) -> None:
+            if already_saved(generated.index):
+                return
             text = self.infotext_for(
                 model, generated.seed, generated.subseed, generated.image.size, result.used_embeddings
             )
             path = save_png(generated.image, folder, generated.seed, text)
             saved.append(path)
-            on_saved(path)
+            on_saved(
+                SavedImage(path, generated.index, generated.seed, generated.subseed, text, generated.image)
+            )
+
+        def step(progress: Progress) -> None:
+            bar.update(1)
+            on_step(progress)
 
         total = self.request.steps * self.request.n_iter
         with tqdm(total=total, desc="txt2img", unit="step", leave=False) as bar:
             control = RunControl(
-                on_step=lambda progress: bar.update(1), on_image=save, should_stop=should_stop
+                on_step=step, on_image=save, should_stop=should_stop, should_skip=should_skip
             )
             lookup, notes = self._embeddings_for(model)
             for note in notes:

@@ -1,4 +1,4 @@
-"""The `sfumato` command line: txt2img, png-info, models list.
+"""The `sfumato` command line: txt2img, png-info, models list, serve.
 
 User errors print one line on stderr and exit 2; Ctrl-C during sampling stops after the current step,
 saves what was made (as A1111 does) and exits 130; a second Ctrl-C stops at once.
@@ -140,7 +140,28 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--device")
     _add_common(shapes)
     shapes.set_defaults(handler=cmd_eval_shapes)
+    _serve_parser(sub)
     return parser
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="start the HTTP server: A1111-compatible API, job queue, web UI")
+    serve.add_argument(
+        "--listen", action="store_true", help="bind to all interfaces (0.0.0.0) instead of 127.0.0.1"
+    )
+    serve.add_argument("--host", help="bind to this address (overrides --listen)")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="HTTP Basic auth on the API")
+    serve.add_argument("--ui-auth", metavar="USER:PASS[,USER2:PASS2]", help="HTTP Basic auth on the web UI")
+    serve.add_argument(
+        "--cors-allow-origins",
+        metavar="ORIGIN[,ORIGIN]",
+        help="origins allowed to call the API from a browser",
+    )
+    serve.add_argument("--device")
+    serve.add_argument("--dtype")
+    _add_common(serve)
+    serve.set_defaults(handler=cmd_serve)
 
 
 def _settings(args: argparse.Namespace, **cli: Any):
@@ -229,6 +250,27 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sfumato.server.app import ServeOptions, create_app
+    from sfumato.server.security import parse_credentials
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be from 1 to 65535, not {args.port}", field="port")
+    options = ServeOptions(
+        host=args.host or ("0.0.0.0" if args.listen else "127.0.0.1"),
+        port=args.port,
+        api_auth=parse_credentials(args.api_auth, "--api-auth"),
+        ui_auth=parse_credentials(args.ui_auth, "--ui-auth"),
+        cors_allow_origins=tuple(o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()),
+    )
+    app = create_app(_settings(args, device=args.device, dtype=args.dtype), options)
+    print(f"sfumato: serving on http://{options.host}:{options.port} (API docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
+    return 0
+
+
 def _interrupt_flag() -> tuple[Callable[[], bool], Callable[[], None]]:
     """First Ctrl-C asks the sampler to stop after its step; the second one stops at once."""
     state = {"stop": False}
@@ -255,7 +297,7 @@ def cmd_txt2img(args: argparse.Namespace) -> int:
     job = Txt2ImgJob(settings, fields, from_png=args.from_png, out_dir=args.out)
     should_stop, restore = _interrupt_flag()
     try:
-        paths = job.run(should_stop=should_stop, on_saved=lambda path: print(path, flush=True))
+        paths = job.run(should_stop=should_stop, on_saved=lambda saved: print(saved.path, flush=True))
     finally:
         restore()
     return EXIT_INTERRUPTED if job.interrupted else (0 if paths else EXIT_USER_ERROR)

@@ -19,12 +19,20 @@ class UserError(Exception):
         self.field = field
 
 
+class NotFoundError(UserError):
+    """An id that names nothing (a job or image that does not exist): HTTP 404 in the API."""
+
+
 class ModelFileError(UserError):
     """A model file that is missing, truncated, corrupt, unsafe or of an unknown architecture."""
 
 
 class InterruptedByUser(Exception):
     """Raised inside the sampling loop when the user stops a job; never an error to report."""
+
+
+class SkippedByUser(Exception):
+    """Raised inside the sampling loop when the user skips the current batch (A1111's Skip)."""
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str], *, field: str | None = None) -> UserError:

@@ -8,7 +8,7 @@ from sfumato.errors import ModelFileError
 from sfumato.models.detect import detect_checkpoint
 from sfumato.models.files import open_state_dict
 from sfumato.models.hashes import HashCache
-from sfumato.models.registry import ModelEntry, list_checkpoints
+from sfumato.models.registry import ModelEntry, selectable_checkpoints
 from sfumato.settings import Settings
 
 
@@ -43,4 +43,4 @@ def describe(entry: ModelEntry, hashes: HashCache) -> dict[str, Any]:
 
 def describe_checkpoints(settings: Settings) -> list[dict[str, Any]]:
     hashes = HashCache(settings.hash_cache_file)
-    return [describe(entry, hashes) for entry in list_checkpoints(settings)]
+    return [describe(entry, hashes) for entry in selectable_checkpoints(settings)]

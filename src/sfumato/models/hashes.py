@@ -13,16 +13,19 @@ import json
 import os
 import struct
 import tempfile
+import threading
 from pathlib import Path
 
 BLOCK = 1 << 20
 
 
 class HashCache:
-    """sha256 of files keyed by resolved path + size + mtime; survives restarts in a JSON file."""
+    """sha256 of files keyed by resolved path + size + mtime; survives restarts in a JSON file.
+    Safe to share between threads (the server's request threads and its worker)."""
 
     def __init__(self, cache_file: Path | None) -> None:
         self.cache_file = cache_file
+        self._lock = threading.Lock()
         self._entries: dict[str, dict] = {}
         if cache_file and cache_file.is_file():
             try:
@@ -32,15 +35,25 @@ class HashCache:
                 self._entries = {}  # a damaged cache only costs a re-hash
 
     def sha256(self, path: Path) -> str:
+        cached = self.cached_sha256(path)
+        if cached is not None:
+            return cached
         stat = path.stat()
         key = str(path.resolve())
-        entry = self._entries.get(key)
+        digest = sha256_file(path)  # outside the lock: other threads' cached lookups need not wait
+        with self._lock:
+            self._entries[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest}
+            self._save()
+        return digest
+
+    def cached_sha256(self, path: Path) -> str | None:
+        """The sha256 if the cache knows this file as it is now, without reading the file."""
+        stat = path.stat()
+        with self._lock:
+            entry = self._entries.get(str(path.resolve()))
         if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
             return entry["sha256"]
-        digest = sha256_file(path)
-        self._entries[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest}
-        self._save()
-        return digest
+        return None
 
     def autov2(self, path: Path) -> str:
         return self.sha256(path)[:10]

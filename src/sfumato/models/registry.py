@@ -149,6 +149,16 @@ def embedded_default_model() -> Path | None:
     return path if path.is_file() else None
 
 
+def selectable_checkpoints(settings: Settings) -> list[ModelEntry]:
+    """Every checkpoint a user can choose: the model folders' ones, then the embedded default model
+    (listed by the CLI and the API's sd-models like any other, so it can be chosen back by name)."""
+    entries = list_checkpoints(settings)
+    embedded = embedded_default_model()
+    if embedded is not None:
+        entries.append(ModelEntry(embedded, embedded.parent))
+    return entries
+
+
 def _searched(settings: Settings) -> str:
     """The first checkpoint folders, for messages saying where we looked."""
     return ", ".join(str(p) for p in settings.model_dirs("checkpoints")[:2])
@@ -182,7 +192,7 @@ class ModelManager:
     def checkpoint_path(self, query: str | None) -> Path:
         if not query:
             return self.default_checkpoint()
-        return resolve_model_path(query, list_checkpoints(self.settings), "checkpoint", self.hashes)
+        return resolve_model_path(query, selectable_checkpoints(self.settings), "checkpoint", self.hashes)
 
     def vae_path(self, query: str | None, checkpoint: Path) -> Path | None:
         """None/"Automatic": the side file if any, else the baked-in VAE; "None": always baked-in."""
@@ -211,6 +221,11 @@ class ModelManager:
         self._loaded, self._loaded_key = loaded, key
         return loaded
 
+    @property
+    def loaded(self) -> LoadedModel | None:
+        """The model in memory, if any."""
+        return self._loaded
+
     def unload(self) -> None:
         had_model = self._loaded is not None
         self._loaded = None
@@ -226,10 +241,3 @@ class ModelManager:
             return self.hashes.autov2(path)
         except OSError as exc:
             raise ModelFileError(f"{path}: cannot be read for hashing ({exc})") from exc
-
-
-def require_checkpoints(settings: Settings) -> list[ModelEntry]:
-    entries = list_checkpoints(settings)
-    if not entries:
-        raise UserError(f"no checkpoints found (looked in {_searched(settings)} …)")
-    return entries

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sfumato.errors import InterruptedByUser
+from sfumato.errors import InterruptedByUser, SkippedByUser
 from sfumato.models.loader import LoadedModel
 
 MAX_SEED = 2**32 - 1
@@ -34,11 +34,14 @@ class Progress:
 @dataclass
 class RunControl:
     """Hooks a caller passes down: progress reporting, each finished image (with the job's result so
-    far, for its infotext), and a stop flag checked after every step."""
+    far, for its infotext), and two flags checked after every step: stop (end the job, keeping the
+    current image) and skip (A1111's Skip: end this batch with its current image, go on to the next;
+    the caller's flag should reset once read)."""
 
     on_step: Callable[[Progress], None] | None = None
     on_image: Callable[[Any, Any], None] | None = None
     should_stop: Callable[[], bool] = lambda: False
+    should_skip: Callable[[], bool] = lambda: False
     interrupted: bool = field(default=False, init=False)
 
 
@@ -67,3 +70,5 @@ def stop_check(control: RunControl) -> None:
     if control.should_stop():
         control.interrupted = True
         raise InterruptedByUser
+    if control.should_skip():
+        raise SkippedByUser

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from sfumato.errors import InterruptedByUser, UserError
+from sfumato.errors import InterruptedByUser, SkippedByUser, UserError
 from sfumato.models.loader import LoadedModel
 from sfumato.prompts.encode import EmbeddingLookup, PromptEncoder
 from sfumato.prompts.extra_networks import ExtraNetworkCall
@@ -147,7 +147,7 @@ def sample_latents(
     control: RunControl,
     first_index: int = 0,
 ) -> tuple[torch.Tensor, bool]:
-    """Sample one batch of latents; returns (latents, interrupted). On interruption the latest
+    """Sample one batch of latents; returns (latents, interrupted). On interruption or skip the latest
     clean prediction is returned, as A1111 does, so the caller still gets an image."""
     batch = len(seeds)
     rng = ImageRNG(
@@ -195,4 +195,6 @@ def sample_latents(
             )
     except InterruptedByUser:
         return last["denoised"], True
+    except SkippedByUser:
+        return last["denoised"], False
     return out, False
