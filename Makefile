@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 # CPU build on this project's machines; GPU users can point TORCH_SPEC at their own build (or preinstall torch).
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= a red circle on a white background
+# The web UI tests drive Debian's Chromium headless (Playwright uses it; no browser download).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint
+.PHONY: setup browser run test lint
 
 $(BIN)/sfumato: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +23,11 @@ setup: $(BIN)/sfumato
 run: setup
 	$(BIN)/sfumato txt2img "$(PROMPT)"
 
-test: setup
+browser:
+	test -x $(CHROMIUM) || $(SUDO) apt-get install -y -q chromium || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -129,7 +129,10 @@ def test_vae_object_crops_centre_on_the_object() -> None:
     generator = torch.Generator().manual_seed(1)
     for crop in plain:  # uniform placement: the same draws, in the same order, give the same windows
         torch.rand(1, generator=generator)  # the object-or-not draw
-        top, left = int(torch.randint(33, (1,), generator=generator)), int(torch.randint(33, (1,), generator=generator))
+        top, left = (
+            int(torch.randint(33, (1,), generator=generator)),
+            int(torch.randint(33, (1,), generator=generator)),
+        )
         assert torch.equal(crop, pixels[0, :, top : top + 32, left : left + 32])
     with torch.no_grad():
         loss = always.loss({"pixel_values": pixels}, StepContext(0, 0, torch.Generator().manual_seed(0)))

@@ -1,0 +1,329 @@
+"""The A1111-compatible HTTP API (`/sdapi/v1/*`): same paths, field names, defaults and responses.
+
+Bodies are pydantic models built on `GenerationRequest`, so an A1111 body validates field by field
+(422 naming the field) and unknown fields are ignored. Generation endpoints submit a job to the
+persistent queue and wait for it; the job carries the request fully resolved (options, override
+settings, seeds), which is what makes a queued job survive a restart unchanged.
+
+Where we differ from A1111, on purpose:
+- an omitted `width`/`height` means the model's native size (512 for SD1 checkpoints, as in A1111;
+  64 for the embedded default model);
+- asking for a feature this build does not have (hires fix, face restoration, tiling, scripts) is a
+  422 naming the field instead of being silently ignored, so a client never gets an image it did not
+  ask for.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from sfumato import infotext
+from sfumato.errors import UserError
+from sfumato.pnginfo import read_metadata
+from sfumato.request import GenerationRequest, build_request
+from sfumato.sampling.samplers import SAMPLERS
+from sfumato.sampling.schedules import SCHEDULES
+from sfumato.server import listings
+from sfumato.server.images import decode_image, encode_png
+from sfumato.server.options import request_fields
+from sfumato.server.state import ServerState
+from sfumato.tasks.common import resolve_seed
+from sfumato.tasks.extras import ResizeTarget, upscale, upscaler_names
+from sfumato.tasks.txt2img import resolve_sampler
+
+router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
+
+
+class Txt2ImgBody(GenerationRequest):
+    """A1111's `StableDiffusionTxt2ImgProcessingAPI` fields on top of the generation request."""
+
+    styles: list[str] = Field(default_factory=list)
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    send_images: bool = True
+    save_images: bool = False
+    sampler_index: str | None = None
+    enable_hr: bool = False
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+
+
+class TextToImageResponse(BaseModel):
+    images: list[str] | None = Field(None, description="base64 PNGs, infotext inside")
+    parameters: dict[str, Any]
+    info: str = Field(description="JSON string: seeds, infotexts, model name and hash …")
+
+
+class PNGInfoBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    image: str = Field(description="base64 image (a data: URL prefix is accepted)")
+
+
+class ExtrasOptions(BaseModel):
+    """A1111's extras fields shared by the single- and batch-image endpoints."""
+
+    model_config = ConfigDict(extra="ignore")
+    resize_mode: Literal[0, 1] = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    codeformer_weight: float = Field(0.0, ge=0.0, le=1.0)
+    upscaling_resize: float = Field(2.0, gt=0.0, le=16.0)
+    upscaling_resize_w: int = Field(512, ge=1, le=16384)
+    upscaling_resize_h: int = Field(512, ge=1, le=16384)
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageBody(ExtrasOptions):
+    image: str = Field(description="base64 image")
+
+
+class FileData(BaseModel):
+    data: str = Field(description="base64 image")
+    name: str = ""
+
+
+class ExtrasBatchImagesBody(ExtrasOptions):
+    imageList: list[FileData] = Field(description="images to process")  # A1111 spells it so
+
+
+class PNGInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+def unsupported_features(body: Txt2ImgBody) -> None:
+    """Refuse, naming the field, features this build cannot honour yet."""
+    wanted = {
+        "enable_hr": body.enable_hr,
+        "restore_faces": bool(body.restore_faces),
+        "tiling": bool(body.tiling),
+        "script_name": bool(body.script_name),
+        "alwayson_scripts": bool(body.alwayson_scripts),
+    }
+    for field, asked in wanted.items():
+        if asked:
+            raise UserError(f"{field}: not supported by this version of sfumato", field=field)
+
+
+def generation_fields(body: Txt2ImgBody, state: ServerState) -> dict[str, Any]:
+    """The job's fully resolved request: options < override_settings < the body's own fields."""
+    overrides = state.options.validated(body.override_settings)
+    base = {**request_fields(state.options.snapshot()), **request_fields(overrides)}
+    own = body.model_dump(include=set(GenerationRequest.model_fields) & body.model_fields_set)
+    if "sampler_name" not in own and body.sampler_index:
+        own["sampler_name"] = body.sampler_index
+    fields = {**base, **own}
+    # Only files in the model folders: a client naming any path on the machine must not load it.
+    if fields.get("model"):
+        fields["model"] = str(state.checkpoint_in_folders(fields["model"], "model"))
+    if fields.get("vae") and fields["vae"].lower() not in ("automatic", "none"):
+        fields["vae"] = str(state.vae_in_folders(fields["vae"], "vae"))
+    request = build_request(**fields)
+    resolve_sampler(request)  # an unknown sampler fails now, not in the queue
+    request.seed = resolve_seed(request.seed)
+    request.subseed = resolve_seed(request.subseed)
+    if not body.override_settings_restore_afterwards and overrides:
+        state.options.update(overrides)
+    return request.model_dump(mode="json")
+
+
+@router.post("/txt2img", response_model=TextToImageResponse)
+def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
+    state: ServerState = request.app.state.sfumato
+    unsupported_features(body)
+    job_request = {
+        "generation": generation_fields(body, state),
+        "save_images": body.save_images or False,
+        "styles": body.styles,
+    }
+    job = state.run_job("txt2img", job_request)
+    images = state.job_images(job) if body.send_images else []
+    return {
+        "images": images,
+        "parameters": body.model_dump(mode="json"),
+        "info": json.dumps(job.info or {}),
+    }
+
+
+@router.post("/img2img")
+def img2img() -> None:
+    raise UserError("img2img: not available in this version of sfumato yet", field="init_images")
+
+
+def _extras(options: ExtrasOptions, data: str, field: str) -> tuple[str, str]:
+    if options.gfpgan_visibility or options.codeformer_visibility:
+        name = "gfpgan_visibility" if options.gfpgan_visibility else "codeformer_visibility"
+        raise UserError(f"{name}: face restoration is not supported by this version of sfumato", field=name)
+    image, _ = decode_image(data, field)
+    target = ResizeTarget(
+        scale=options.upscaling_resize,
+        width=options.upscaling_resize_w if options.resize_mode == 1 else None,
+        height=options.upscaling_resize_h if options.resize_mode == 1 else None,
+        crop=options.upscaling_crop,
+    )
+    result = upscale(
+        image,
+        target,
+        upscaler_1=options.upscaler_1,
+        upscaler_2=options.upscaler_2,
+        visibility=options.extras_upscaler_2_visibility,
+    )
+    info = f"Postprocess upscaler: {options.upscaler_1}, size: {result.width}x{result.height}"
+    return encode_png(result), html.escape(info)
+
+
+@router.post("/extra-single-image")
+def extra_single_image(body: ExtrasSingleImageBody) -> dict[str, Any]:
+    image, info = _extras(body, body.image, "image")
+    return {"html_info": info, "image": image}
+
+
+@router.post("/extra-batch-images")
+def extra_batch_images(body: ExtrasBatchImagesBody) -> dict[str, Any]:
+    results = [_extras(body, item.data, f"imageList.{i}.data") for i, item in enumerate(body.imageList)]
+    return {"html_info": "<br>".join(info for _, info in results), "images": [image for image, _ in results]}
+
+
+@router.post("/png-info", response_model=PNGInfoResponse)
+def png_info(body: PNGInfoBody) -> dict[str, Any]:
+    _, raw = decode_image(body.image, "image")
+    meta = read_metadata(raw)
+    text = meta.parameters or ""
+    items = {key: value for key, value in meta.other.items()}
+    return {"info": text, "items": items, "parameters": infotext.parse(text) if text else {}}
+
+
+@router.get("/progress")
+def progress(request: Request, skip_current_image: bool = False) -> dict[str, Any]:
+    state: ServerState = request.app.state.sfumato
+    return state.progress(include_image=not skip_current_image)
+
+
+@router.post("/interrupt")
+def interrupt(request: Request) -> dict[str, Any]:
+    request.app.state.sfumato.worker.interrupt()
+    return {}
+
+
+@router.post("/skip")
+def skip(request: Request) -> dict[str, Any]:
+    request.app.state.sfumato.worker.skip()
+    return {}
+
+
+@router.get("/options")
+def get_options(request: Request) -> dict[str, Any]:
+    return request.app.state.sfumato.current_options()
+
+
+@router.post("/options")
+def set_options(changes: dict[str, Any], request: Request) -> dict[str, Any]:
+    request.app.state.sfumato.options.update(changes)
+    return {}
+
+
+@router.get("/cmd-flags")
+def cmd_flags(request: Request) -> dict[str, Any]:
+    return dict(request.app.state.sfumato.flags)
+
+
+@router.get("/samplers")
+def samplers() -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "aliases": list(s.aliases), "options": {k: str(v) for k, v in s.defaults.items()}}
+        for s in SAMPLERS
+    ]
+
+
+@router.get("/schedulers")
+def schedulers() -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "label": s.label, "aliases": list(s.aliases) or None, "default_rho": s.default_rho or -1,
+         "need_inner_model": False}
+        for s in SCHEDULES
+    ]  # fmt: skip
+
+
+@router.get("/upscalers")
+def upscalers() -> list[dict[str, Any]]:
+    return [
+        {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+        for name in upscaler_names()
+    ]
+
+
+@router.get("/sd-models")
+def sd_models(request: Request) -> list[dict[str, Any]]:
+    state: ServerState = request.app.state.sfumato
+    return listings.sd_models(state.settings, state.hashes)
+
+
+@router.get("/sd-vae")
+def sd_vae(request: Request) -> list[dict[str, Any]]:
+    return listings.sd_vaes(request.app.state.sfumato.settings)
+
+
+@router.get("/loras")
+def loras(request: Request) -> list[dict[str, Any]]:
+    return listings.loras(request.app.state.sfumato.settings)
+
+
+@router.get("/hypernetworks")
+def hypernetworks(request: Request) -> list[dict[str, Any]]:
+    return listings.hypernetworks(request.app.state.sfumato.settings)
+
+
+@router.get("/embeddings")
+def embeddings(request: Request) -> dict[str, Any]:
+    state: ServerState = request.app.state.sfumato
+    return listings.embeddings(state.settings, state.hashes)
+
+
+@router.get("/prompt-styles")
+def prompt_styles(request: Request) -> list[dict[str, Any]]:
+    return listings.prompt_styles(request.app.state.sfumato.settings)
+
+
+@router.get("/memory")
+def memory() -> dict[str, Any]:
+    return listings.memory()
+
+
+@router.get("/scripts")
+def scripts() -> dict[str, list[str]]:
+    return {"txt2img": [], "img2img": []}
+
+
+@router.post("/refresh-checkpoints")
+@router.post("/refresh-vae")
+@router.post("/refresh-embeddings")
+@router.post("/refresh-loras")
+def refresh() -> dict[str, Any]:
+    """Folders are scanned on every listing, so there is nothing to refresh; kept for clients."""
+    return {}
+
+
+@router.post("/reload-checkpoint")
+def reload_checkpoint(request: Request) -> dict[str, Any]:
+    request.app.state.sfumato.reload_model()
+    return {}
+
+
+@router.post("/unload-checkpoint")
+def unload_checkpoint(request: Request) -> dict[str, Any]:
+    request.app.state.sfumato.unload_model()
+    return {}

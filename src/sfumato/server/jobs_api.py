@@ -1,0 +1,99 @@
+"""sfumato's own job API (`/sfumato/v1`): submit without waiting, list, get, cancel; and the gallery.
+
+A submitted body is the same as the A1111 endpoint's (validated and resolved the same way), so a
+client can move from `/sdapi/v1/txt2img` to the queue by changing the URL and polling the job.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from sfumato.errors import NotFoundError, UserError
+from sfumato.server.a1111 import Txt2ImgBody, generation_fields, unsupported_features
+from sfumato.server.state import ServerState
+
+router = APIRouter(prefix="/sfumato/v1", tags=["sfumato jobs"])
+
+
+class JobSubmission(BaseModel):
+    kind: Literal["txt2img"] = "txt2img"
+    request: Txt2ImgBody = Field(default_factory=Txt2ImgBody)
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.sfumato
+
+
+def _job_or_404(state: ServerState, job_id: str):
+    job = state.store.get(job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id!r}", field="job_id")
+    return job
+
+
+@router.post("/jobs", status_code=202)
+def submit_job(submission: JobSubmission, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    body = submission.request
+    unsupported_features(body)
+    job = state.submit(
+        submission.kind,
+        {
+            "generation": generation_fields(body, state),
+            "save_images": body.save_images,
+            "styles": body.styles,
+        },
+    )
+    return job.public(position=state.store.queue_position(job))
+
+
+@router.get("/jobs")
+def list_jobs(
+    request: Request,
+    state_filter: str | None = Query(None, alias="state"),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=2**31),
+) -> list[dict[str, Any]]:
+    state = _state(request)
+    return [job.public() for job in state.store.list(state=state_filter, limit=limit, offset=offset)]
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    job = _job_or_404(state, job_id)
+    body = job.public(images=state.store.images_of(job.id), position=state.store.queue_position(job))
+    body["info"] = job.info
+    return body
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    _job_or_404(state, job_id)
+    if not state.worker.cancel(job_id):
+        raise UserError(f"job {job_id} has already finished", field="job_id")
+    job = state.store.wait_for(job_id, timeout=30.0)
+    assert job is not None
+    return job.public()
+
+
+@router.get("/images")
+def gallery(
+    request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=2**31)
+) -> list[dict[str, Any]]:
+    """Past images, newest first, with their parameters (infotext)."""
+    return [record.public() for record in _state(request).store.recent_images(limit=limit, offset=offset)]
+
+
+@router.get("/jobs/{job_id}/images/{index}")
+def image_file(job_id: str, index: int, request: Request) -> FileResponse:
+    """A job's image file. The path comes from the job's own record, never from the client."""
+    path = _state(request).image_file(job_id, index)
+    if not path.is_file():
+        raise NotFoundError(f"the image file of job {job_id} image {index} is gone from disk", field="index")
+    return FileResponse(path, media_type="image/png")

@@ -1,0 +1,238 @@
+"""The A1111-compatible API on a real uvicorn, with the tiny SD1 checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import webuiapi
+from PIL import Image
+from server_helpers import TINY, b64_png, decode_png, running_server
+
+from sfumato import infotext
+from sfumato.server.app import ServeOptions
+
+
+@pytest.fixture
+def two_models(data_dir):
+    """The data dir with a second checkpoint (same weights, another name) to switch to."""
+    folder = data_dir / "models" / "Stable-diffusion"
+    shutil.copy(folder / "tiny-sd1.safetensors", folder / "other.safetensors")
+    return data_dir
+
+
+@pytest.fixture
+def url(two_models):
+    with running_server(two_models) as base:
+        yield base
+
+
+def post(url: str, path: str, body: dict | None = None, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, timeout=120, **kwargs)
+
+
+def test_txt2img_returns_png_with_infotext_and_a1111_info(url):
+    response = post(
+        url, "/sdapi/v1/txt2img", {**TINY, "prompt": "a red circle", "batch_size": 2, "unknown": 1}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"images", "parameters", "info"}
+    images = [decode_png(b) for b in body["images"]]
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [1, 2] and info["seed"] == 1
+    assert info["sd_model_name"] == "other" or info["sd_model_name"] == "tiny-sd1"
+    parsed = infotext.parse(images[1].info["parameters"])
+    assert parsed["Seed"] == "2" and parsed["Steps"] == "2" and parsed["Sampler"] == "Euler"
+    assert info["infotexts"][1] == images[1].info["parameters"]
+    assert body["parameters"]["prompt"] == "a red circle"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": "many"}, "steps"),
+        ({"width": 65}, "width"),
+        ({"cfg_scale": -1}, "cfg_scale"),
+        ({"sampler_name": "Euler z"}, "sampler_name"),
+        ({"enable_hr": True}, "enable_hr"),
+        ({"override_settings": {"sd_model_checkpoint": "nope"}}, "sd_model_checkpoint"),
+        ({"model": "/etc/hostname"}, "model"),
+    ],
+)
+def test_invalid_values_are_422_naming_the_field(url, body, field):
+    response = post(url, "/sdapi/v1/txt2img", {**TINY, **body})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+    assert post(url, "/sdapi/v1/txt2img", TINY).status_code == 200  # still healthy
+
+
+def test_model_outside_the_folders_is_refused_even_when_it_exists(url, tiny_models):
+    outside = str(tiny_models["sd1"][0])  # a real checkpoint, but not in the data dir's model folders
+    response = post(url, "/sdapi/v1/txt2img", {**TINY, "model": outside})
+    assert response.status_code == 422 and response.json()["field"] == "model"
+
+
+def test_bad_uploads_are_clear_4xx(url):
+    garbage = post(url, "/sdapi/v1/png-info", {"image": "bm90IGFuIGltYWdl"})  # "not an image"
+    assert garbage.status_code == 422 and garbage.json()["field"] == "image"
+    not_base64 = post(url, "/sdapi/v1/png-info", {"image": "%%%"})
+    assert not_base64.status_code == 422
+    wrong_type = post(url, "/sdapi/v1/png-info", {"image": 5})
+    assert wrong_type.status_code == 422 and wrong_type.json()["field"] == "image"
+    huge = httpx.post(
+        f"{url}/sdapi/v1/png-info",
+        content=b'{"image": "' + b"A" * (65 << 20) + b'"}',
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert huge.status_code == 413
+    assert post(url, "/sdapi/v1/png-info", {"image": b64_png(Image.new("RGB", (8, 8)))}).status_code == 200
+
+
+def test_png_info_reads_back_the_parameters(url):
+    made = post(url, "/sdapi/v1/txt2img", {**TINY, "prompt": "blue square"}).json()
+    info = post(url, "/sdapi/v1/png-info", {"image": "data:image/png;base64," + made["images"][0]}).json()
+    assert info["info"].startswith("blue square")
+    assert info["parameters"]["Seed"] == "1" and info["parameters"]["Prompt"] == "blue square"
+
+
+def test_webuiapi_client_unchanged(url):
+    port = int(url.rsplit(":", 1)[1])
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler", steps=2)
+    result = api.txt2img(prompt="a cat", seed=5, width=64, height=64, cfg_scale=5)
+    assert result.image.size == (64, 64)
+    assert result.info["seed"] == 5
+    assert infotext.parse(api.png_info(result.image).info)["Seed"] == "5"
+
+    names = api.util_get_model_names()
+    assert any(name.startswith("other.safetensors [") for name in names)
+    assert any(name.startswith("sfumato-shapes.safetensors") for name in names)  # the embedded model
+    api.util_set_model("other")
+    assert api.util_get_current_model().startswith("other.safetensors [")
+    switched = api.txt2img(prompt="a cat", seed=5, width=64, height=64)
+    assert switched.info["sd_model_name"] == "other"
+    api.set_options({"CLIP_stop_at_last_layers": 2})
+    assert api.get_options()["CLIP_stop_at_last_layers"] == 2
+    assert "Clip skip: 2" in api.txt2img(prompt="a cat", seed=5, width=64, height=64).info["infotexts"][0]
+    assert "Euler a" in api.util_get_sampler_names()
+    assert "Karras" in [s["label"] for s in api.get_schedulers()]
+
+
+def test_override_settings_apply_to_one_request_only(url):
+    body = {**TINY, "override_settings": {"sd_model_checkpoint": "other"}}
+    assert json.loads(post(url, "/sdapi/v1/txt2img", body).json()["info"])["sd_model_name"] == "other"
+    plain = json.loads(post(url, "/sdapi/v1/txt2img", TINY).json()["info"])
+    assert plain["sd_model_name"] == "other" or plain["sd_model_name"] == "tiny-sd1"
+    assert (
+        plain["sd_model_name"]
+        == httpx.get(f"{url}/sdapi/v1/options").json()["sd_model_checkpoint"].split(".safetensors")[0]
+    )
+
+
+def test_list_endpoints(url):
+    def get(path: str):
+        response = httpx.get(f"{url}/sdapi/v1/{path}", timeout=30)
+        assert response.status_code == 200, (path, response.text)
+        return response.json()
+
+    models = get("sd-models")
+    assert {m["model_name"] for m in models} >= {"tiny-sd1", "other", "sfumato-shapes"}
+    assert all(m["title"].endswith(f"[{m['hash']}]") and len(m["sha256"]) == 64 for m in models)
+    assert get("sd-vae") == [] and get("loras") == [] and get("hypernetworks") == []
+    assert get("embeddings") == {"loaded": {}, "skipped": {}}
+    assert get("prompt-styles") == []
+    assert "DPM++ 2M" in [s["name"] for s in get("samplers")]
+    assert [u["name"] for u in get("upscalers")][:2] == ["None", "Lanczos"]
+    assert get("memory")["ram"]["total"] > 0
+    assert get("cmd-flags")["listen"] is False
+    assert get("progress")["progress"] == 0.0
+    assert get("options")["sd_model_checkpoint"].startswith("other.safetensors") or get("options")[
+        "sd_model_checkpoint"
+    ].startswith("tiny-sd1.safetensors")
+    for path in (
+        "refresh-checkpoints",
+        "refresh-vae",
+        "refresh-embeddings",
+        "unload-checkpoint",
+        "reload-checkpoint",
+    ):
+        assert post(url, f"/sdapi/v1/{path}").status_code == 200, path
+
+
+def test_twenty_concurrent_requests_all_complete(url):
+    def one(seed: int) -> int:
+        response = post(url, "/sdapi/v1/txt2img", {**TINY, "steps": 1, "seed": seed})
+        assert response.status_code == 200, response.text
+        return json.loads(response.json()["info"])["seed"]
+
+    with ThreadPoolExecutor(20) as pool:
+        seeds = list(pool.map(one, range(100, 120)))
+    assert seeds == list(range(100, 120))
+    jobs = httpx.get(f"{url}/sfumato/v1/jobs", params={"limit": 100}).json()
+    done = [j for j in jobs if j["state"] == "done" and j["request"]["generation"]["steps"] == 1]
+    assert len(done) == 20
+    images = httpx.get(f"{url}/sfumato/v1/images", params={"limit": 100}).json()
+    assert sorted(i["seed"] for i in images if i["seed"] >= 100) == list(range(100, 120))
+
+
+def test_api_auth_when_on(data_dir):
+    with running_server(data_dir, ServeOptions(api_auth={"ann": "s3cret", "bo": "pw"})) as base:
+        assert httpx.get(f"{base}/sdapi/v1/samplers").status_code == 401
+        assert httpx.get(f"{base}/sdapi/v1/samplers", auth=("ann", "wrong")).status_code == 401
+        assert httpx.get(f"{base}/sdapi/v1/samplers", auth=("eve", "s3cret")).status_code == 401
+        assert httpx.get(f"{base}/sdapi/v1/samplers", auth=("bo", "pw")).status_code == 200
+        assert httpx.get(f"{base}/sfumato/v1/jobs").status_code == 401
+        port = int(base.rsplit(":", 1)[1])
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=port, username="ann", password="s3cret", steps=1)
+        assert api.txt2img(prompt="x", width=64, height=64, sampler_name="Euler").image.size == (64, 64)
+
+
+def test_foreign_hosts_and_cross_origin_posts_are_refused(url):
+    rebound = httpx.get(f"{url}/sdapi/v1/samplers", headers={"host": "evil.example:7860"})
+    assert rebound.status_code == 421
+    csrf = post(url, "/sdapi/v1/options", {"samples_save": False}, headers={"origin": "https://evil.example"})
+    assert csrf.status_code == 403 and csrf.json()["field"] == "Origin"
+    assert httpx.get(f"{url}/sdapi/v1/options").json()["samples_save"] is True
+    same_origin = post(url, "/sdapi/v1/options", {"samples_save": False}, headers={"origin": url})
+    assert same_origin.status_code == 200
+
+
+def test_extras_upscale_single_and_batch(url):
+    source = Image.new("RGB", (8, 6), (200, 10, 10))
+    source.putpixel((0, 0), (0, 0, 255))
+    single = post(
+        url,
+        "/sdapi/v1/extra-single-image",
+        {"image": b64_png(source), "upscaling_resize": 3, "upscaler_1": "Nearest"},
+    )
+    assert single.status_code == 200, single.text
+    big = decode_png(single.json()["image"])
+    assert (
+        big.size == (24, 18) and big.getpixel((2, 2)) == (0, 0, 255) and big.getpixel((3, 3)) == (200, 10, 10)
+    )
+    sized = post(
+        url,
+        "/sdapi/v1/extra-single-image",
+        {"image": b64_png(source), "resize_mode": 1, "upscaling_resize_w": 16, "upscaling_resize_h": 16,
+         "upscaler_1": "Lanczos"},
+    )  # fmt: skip
+    assert decode_png(sized.json()["image"]).size == (16, 16)  # cropped to fit, not stretched
+    batch = post(
+        url,
+        "/sdapi/v1/extra-batch-images",
+        {"imageList": [{"data": b64_png(source), "name": "a"}, {"data": b64_png(source), "name": "b"}],
+         "upscaler_1": "Nearest"},
+    )  # fmt: skip
+    assert [decode_png(i).size for i in batch.json()["images"]] == [(16, 12), (16, 12)]
+    unknown = post(url, "/sdapi/v1/extra-single-image", {"image": b64_png(source), "upscaler_1": "ESRGAN 9x"})
+    assert unknown.status_code == 422 and unknown.json()["field"] == "upscaler_1"
+    broken = post(
+        url, "/sdapi/v1/extra-batch-images", {"imageList": [{"data": "AAAA"}], "upscaler_1": "Nearest"}
+    )
+    assert broken.status_code == 422 and broken.json()["field"] == "imageList.0.data"
