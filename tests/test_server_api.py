@@ -50,6 +50,12 @@ def test_txt2img_returns_png_with_infotext_and_a1111_info(url):
     assert parsed["Seed"] == "2" and parsed["Steps"] == "2" and parsed["Sampler"] == "Euler"
     assert info["infotexts"][1] == images[1].info["parameters"]
     assert body["parameters"]["prompt"] == "a red circle"
+    # A1111's API saves only with save_images: true; otherwise the images stay in the server's results
+    paths = [i["path"] for i in httpx.get(f"{url}/sfumato/v1/images").json()]
+    assert len(paths) == 2 and all("/.sfumato/results/" in p for p in paths)
+    saved = post(url, "/sdapi/v1/txt2img", {**TINY, "save_images": True}).json()
+    newest = httpx.get(f"{url}/sfumato/v1/images", params={"limit": 1}).json()[0]
+    assert "/outputs/txt2img-images/" in newest["path"] and json.loads(saved["info"])["seed"] == 1
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 from server_helpers import running_server
 
@@ -116,3 +117,17 @@ def test_errors_are_one_clear_message(page):
     expect(page.locator("#message")).to_contain_text("width")
     expect(page.locator("#message")).to_contain_text("multiple of 8")
     expect(page.locator("#generate")).to_be_enabled()
+
+
+def test_extras_tab_upscales_an_uploaded_image(page, tmp_path):
+    source = tmp_path / "small.png"
+    Image.new("RGB", (10, 8), (30, 90, 240)).save(source)
+    page.click("[data-tab=extras]")
+    page.set_input_files("#extras-file", str(source))
+    page.select_option("#extras-form select[name=upscaler_1]", "Nearest")
+    page.fill("#extras-form input[name=upscaling_resize]", "3")
+    page.click("#extras-form button[type=submit]")
+    expect(page.locator("#extras-result")).to_be_visible()
+    assert page.evaluate("document.querySelector('#extras-result').naturalWidth") == 30
+    expect(page.locator("#extras-info")).to_contain_text("30x24")
+    shot(page, "extras")

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from sfumato import infotext
 from sfumato.errors import UserError
@@ -142,16 +143,13 @@ def generation_fields(body: Txt2ImgBody, state: ServerState) -> dict[str, Any]:
 
 
 @router.post("/txt2img", response_model=TextToImageResponse)
-def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
+async def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
     state: ServerState = request.app.state.sfumato
     unsupported_features(body)
-    job_request = {
-        "generation": generation_fields(body, state),
-        "save_images": body.save_images or False,
-        "styles": body.styles,
-    }
-    job = state.run_job("txt2img", job_request)
-    images = state.job_images(job) if body.send_images else []
+    generation = await run_in_threadpool(generation_fields, body, state)  # scans folders, may hash
+    job_request = {"generation": generation, "save_images": body.save_images, "styles": body.styles}
+    job = await state.run_job("txt2img", job_request)
+    images = await run_in_threadpool(state.job_images, job) if body.send_images else []
     return {
         "images": images,
         "parameters": body.model_dump(mode="json"),

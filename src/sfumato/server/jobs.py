@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,8 +163,9 @@ def _image(row: sqlite3.Row) -> ImageRecord:
 class JobStore:
     """Jobs and images in one SQLite database, safe to use from the server's threads.
 
-    `wait_for` lets a synchronous endpoint block until its job finishes: every state change notifies
-    one condition variable (cheap at the rates one device runs jobs at).
+    `wait_for` lets a thread block until a job finishes (every state change notifies one condition
+    variable, cheap at the rates one device runs jobs at); `on_finished` listeners let asyncio code
+    wait without holding a thread.
     """
 
     def __init__(self, path: Path) -> None:
@@ -174,6 +175,7 @@ class JobStore:
         self._connection.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        self._listeners: list[Callable[[str], None]] = []
         with self._lock:
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=NORMAL")
@@ -191,6 +193,14 @@ class JobStore:
                 raise
             self._connection.execute("COMMIT")
             self._changed.notify_all()
+
+    def on_finished(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(job_id)` (from the finishing thread) whenever a job reaches a final state."""
+        self._listeners.append(listener)
+
+    def _finished(self, job_id: str) -> None:
+        for listener in self._listeners:
+            listener(job_id)
 
     def close(self) -> None:
         with self._lock:
@@ -277,17 +287,21 @@ class JobStore:
                 "UPDATE jobs SET state = ?, finished = ?, error = ?, error_field = ?, info = ? WHERE id = ?",
                 (state, time.time(), error, error_field, json.dumps(info) if info else None, job_id),
             )
+        self._finished(job_id)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job; False if it is not queued (running jobs are interrupted by the worker)."""
         with self._transaction() as db:
-            return (
+            cancelled = (
                 db.execute(
                     "UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
                     (time.time(), job_id),
                 ).rowcount
                 == 1
             )
+        if cancelled:
+            self._finished(job_id)
+        return cancelled
 
     def add_image(self, record: ImageRecord) -> None:
         with self._transaction() as db:

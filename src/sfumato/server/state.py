@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from sfumato.errors import NotFoundError, UserError
 from sfumato.models.hashes import HashCache
@@ -37,6 +41,9 @@ class ServerState:
             resolve_vae=self._vae_name,
         )
         self.worker = Worker(self.store, self.engine)
+        self._waiters: dict[str, list[Callable[[], None]]] = {}
+        self._waiters_lock = threading.Lock()
+        self.store.on_finished(self._notify)
 
     def start(self) -> None:
         self.worker.start()
@@ -94,10 +101,31 @@ class ServerState:
     def submit(self, kind: str, request: dict[str, Any]) -> Job:
         return self.store.submit(kind, request)
 
-    def run_job(self, kind: str, request: dict[str, Any]) -> Job:
-        """Submit and wait (A1111's synchronous endpoints); a failed job raises as the user's error."""
-        job = self.store.submit(kind, request)
-        finished = self.store.wait_for(job.id)
+    def _notify(self, job_id: str) -> None:
+        """A job finished (called from the worker's thread): wake its async waiters."""
+        with self._waiters_lock:
+            wakers = self._waiters.pop(job_id, [])
+        for wake in wakers:
+            wake()
+
+    async def run_job(self, kind: str, request: dict[str, Any]) -> Job:
+        """Submit and wait (A1111's synchronous endpoints) without holding a thread, so any number of
+        clients can wait at once; a failed job raises as the user's error."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        job = await run_in_threadpool(self.store.submit, kind, request)
+        with self._waiters_lock:
+            self._waiters.setdefault(job.id, []).append(wake)
+        current = await run_in_threadpool(self.store.get, job.id)
+        if current is None or not current.is_finished:  # it may have finished before we listened
+            await done
+        with self._waiters_lock:
+            self._waiters.pop(job.id, None)
+        finished = await run_in_threadpool(self.store.get, job.id)
         assert finished is not None
         if finished.state == "failed":
             if finished.error_field is not None or not (finished.error or "").startswith("internal error"):

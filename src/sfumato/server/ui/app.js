@@ -187,6 +187,23 @@ function sendToTxt2img() {
   openTab("txt2img");
 }
 
+// --- Extras -------------------------------------------------------------------------------------
+
+async function upscaleImage(event) {
+  event.preventDefault();
+  const file = $("#extras-file").files[0];
+  if (!file) throw new Error("choose an image to upscale");
+  const form = event.target;
+  const result = await api("sdapi/v1/extra-single-image", { method: "POST", body: {
+    image: await readFile(file),
+    upscaler_1: form.elements.upscaler_1.value,
+    upscaling_resize: Number(form.elements.upscaling_resize.value),
+  } });
+  $("#extras-result").src = `data:image/png;base64,${result.image}`;
+  $("#extras-result").hidden = false;
+  $("#extras-info").textContent = new DOMParser().parseFromString(result.html_info, "text/html").body.textContent;
+}
+
 // --- queue, models, settings -----------------------------------------------------------------
 
 async function refreshQueue() {
@@ -263,10 +280,14 @@ async function start() {
   $("#queue-refresh").addEventListener("click", guarded(refreshQueue));
   $("#models-refresh").addEventListener("click", guarded(refreshModels));
   $("#settings-form").addEventListener("submit", guarded(saveSettings));
+  $("#extras-form").addEventListener("submit", guarded(upscaleImage));
   $("#checkpoint").addEventListener("change", guarded(async (e) => {
     await api("sdapi/v1/options", { method: "POST", body: { sd_model_checkpoint: e.target.value } });
   }));
-  const [samplers, schedulers] = await Promise.all([api("sdapi/v1/samplers"), api("sdapi/v1/schedulers")]);
+  const [samplers, schedulers, upscalers] = await Promise.all([
+    api("sdapi/v1/samplers"), api("sdapi/v1/schedulers"), api("sdapi/v1/upscalers"),
+  ]);
+  fillSelect($("#extras-form").elements.upscaler_1, upscalers.map((u) => [u.name, u.name]), "Lanczos");
   const form = $("#txt2img-form");
   fillSelect(form.elements.sampler_name, samplers.map((s) => [s.name, s.name]), "DPM++ 2M");
   fillSelect(form.elements.scheduler, schedulers.map((s) => [s.label, s.label]), "Automatic");
