@@ -242,3 +242,23 @@ def test_extras_upscale_single_and_batch(url):
         url, "/sdapi/v1/extra-batch-images", {"imageList": [{"data": "AAAA"}], "upscaler_1": "Nearest"}
     )
     assert broken.status_code == 422 and broken.json()["field"] == "imageList.0.data"
+
+
+def test_ui_auth_guards_the_page_only_and_cors_allows_listed_origins(data_dir):
+    options = ServeOptions(ui_auth={"ann": "pw"}, cors_allow_origins=("https://app.example",))
+    with running_server(data_dir, options) as base:
+        assert httpx.get(f"{base}/").status_code == 401
+        assert httpx.get(f"{base}/ui/app.js").status_code == 401
+        page = httpx.get(f"{base}/", auth=("ann", "pw"))
+        assert page.status_code == 200 and "Content-Security-Policy" in page.headers
+        assert httpx.get(f"{base}/ui/../jobs.py", auth=("ann", "pw")).status_code == 404
+        assert httpx.get(f"{base}/sdapi/v1/samplers").status_code == 200  # no --api-auth given
+        allowed = post(
+            base, "/sdapi/v1/options", {"samples_save": True}, headers={"origin": "https://app.example"}
+        )
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        other = post(
+            base, "/sdapi/v1/options", {"samples_save": True}, headers={"origin": "https://evil.example"}
+        )
+        assert other.status_code == 403
