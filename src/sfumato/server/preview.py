@@ -1,10 +1,12 @@
-"""Step previews: a cheap latent -> RGB approximation for the progress bar ("Approx cheap" in A1111).
+"""Step previews for the progress bar: the real decoder when it is small, else a cheap linear map.
 
-Instead of shipping per-family coefficient tables, the linear map is fitted once per VAE by least
-squares: a few reference images (the shapes world's renders and colour ramps) are encoded, and the map
-from each latent pixel (plus a bias) to the mean colour of the image patch it covers is solved. It
-works for any VAE a user loads, costs one small encoder pass the first time, and a preview after that
-is a matrix product.
+- A small VAE (under `FULL_DECODE_PARAMETERS`, like the embedded model's) decodes the current latents
+  in milliseconds, and its latent space is far from linear (a fitted linear map was off by ~60 levels
+  on held-out scenes), so it is used as is (A1111's "Full" preview).
+- A large VAE (SD's 84 M) gets "Approx cheap": a linear map from each latent pixel (plus a bias) to
+  the colour of the patch it covers. Instead of shipping per-family coefficient tables, the map is
+  fitted once per VAE by least squares on a few encoded reference images (shapes-world renders and
+  colour ramps), so it fits any VAE a user loads; after that a preview is a matrix product.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from PIL import Image
 
 from sfumato.data.shapes import random_scene, render
 from sfumato.models.loader import LoadedModel
+from sfumato.tasks.common import decode_latents
 
 REFERENCE_SCENES = 12
+FULL_DECODE_PARAMETERS = 5_000_000
 
 
 def _reference_images(size: int) -> torch.Tensor:
@@ -60,7 +64,15 @@ class LatentPreviewer:
         self._matrix: torch.Tensor | None = None
 
     def __call__(self, model: LoadedModel, latents: torch.Tensor) -> Image.Image:
-        """RGB preview of the first image of a batch of (scaled) latents, at latent resolution."""
+        """RGB preview of the first image of a batch of (scaled) latents: full size when decoded,
+        latent size when approximated."""
+        if sum(p.numel() for p in model.vae.decoder.parameters()) <= FULL_DECODE_PARAMETERS:
+            with torch.no_grad():
+                return decode_latents(model, latents[:1].detach())[0]
+        return self.approximate(model, latents)
+
+    def approximate(self, model: LoadedModel, latents: torch.Tensor) -> Image.Image:
+        """The linear approximation, at latent resolution."""
         if self._matrix is None or self._vae_id != id(model.vae):
             self._matrix, self._vae_id = fit_latent_to_rgb(model), id(model.vae)
         first = latents[0].detach().float().cpu()
