@@ -49,7 +49,7 @@ def test_submit_poll_and_fetch_the_image(url):
     assert done["state"] == "done" and [i["index"] for i in done["images"]] == [0, 1]
     assert done["info"]["all_seeds"] == [1, 2]
     # the job API follows `samples_save` (on by default), as A1111's UI does: saved in outputs/
-    assert all("/outputs/txt2img-images/" in image["path"] for image in done["images"])
+    assert all("/outputs/txt2img-images/" in image["path"] for image in done["images"]), done["images"]
     file = httpx.get(f"{url}/sfumato/v1/jobs/{job['id']}/images/1")
     assert file.status_code == 200 and file.headers["content-type"] == "image/png"
     assert httpx.get(f"{url}/sfumato/v1/jobs/{job['id']}/images/7").status_code == 404

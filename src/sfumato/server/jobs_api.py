@@ -40,13 +40,15 @@ def submit_job(submission: JobSubmission, request: Request) -> dict[str, Any]:
     state = _state(request)
     body = submission.request
     unsupported_features(body)
+    # Like A1111's UI (not its API): unless the client says, images are saved when `samples_save` is on.
+    saving = (
+        body.save_images
+        if "save_images" in body.model_fields_set
+        else state.options.snapshot()["samples_save"]
+    )
     job = state.submit(
         submission.kind,
-        {
-            "generation": generation_fields(body, state),
-            "save_images": body.save_images,
-            "styles": body.styles,
-        },
+        {"generation": generation_fields(body, state), "save_images": bool(saving), "styles": body.styles},
     )
     return job.public(position=state.store.queue_position(job))
 
