@@ -24,9 +24,9 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from server_helpers import running_server  # noqa: E402 (the tests' real-uvicorn helper)
+from server_helpers import running_server  # the tests' real-uvicorn helper
 
-from sfumato.testing.tiny_models import write_single_file  # noqa: E402
+from sfumato.testing.tiny_models import write_single_file
 
 OUT = Path(__file__).resolve().parent / "out" / "server-load"
 
