@@ -13,6 +13,7 @@ Redis- or Ray-backed store would replace when serving from several machines.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -74,17 +75,7 @@ class ImageRecord:
     created: float
 
     def public(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "index": self.index,
-            "path": self.path,
-            "seed": self.seed,
-            "subseed": self.subseed,
-            "width": self.width,
-            "height": self.height,
-            "infotext": self.infotext,
-            "created": self.created,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -130,33 +121,16 @@ class Job:
 
 
 def _job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        seq=row["seq"],
-        kind=row["kind"],
-        request=json.loads(row["request"]),
-        state=row["state"],
-        created=row["created"],
-        started=row["started"],
-        finished=row["finished"],
-        attempts=row["attempts"],
-        error=row["error"],
-        error_field=row["error_field"],
-        info=json.loads(row["info"]) if row["info"] else None,
-    )
+    values = {f.name: row[f.name] for f in dataclasses.fields(Job)}
+    values["request"] = json.loads(values["request"])
+    values["info"] = json.loads(values["info"]) if values["info"] else None
+    return Job(**values)
 
 
 def _image(row: sqlite3.Row) -> ImageRecord:
+    """The `images` row's columns are the record's fields (`idx` holds `index`, a reserved word)."""
     return ImageRecord(
-        job_id=row["job_id"],
-        index=row["idx"],
-        path=row["path"],
-        seed=row["seed"],
-        subseed=row["subseed"],
-        width=row["width"],
-        height=row["height"],
-        infotext=row["infotext"],
-        created=row["created"],
+        **{f.name: row["idx" if f.name == "index" else f.name] for f in dataclasses.fields(ImageRecord)}
     )
 
 
