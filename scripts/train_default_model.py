@@ -1,15 +1,19 @@
 """Train sfumato's embedded default model from scratch on the synthetic shapes world, end to end.
 
     python scripts/train_default_model.py --out runs/default [--images 30000] [--vae-steps 1700]
-        [--vae-detail-steps 600] [--unet-steps 2200] [--threads 2]
+        [--vae-detail-steps 600] [--text-steps 1000] [--unet-steps 2200] [--threads 2]
+        [--vae-from FILE]
     cp runs/default/sfumato-shapes.safetensors src/sfumato/models/data/default/
 
 Stages (each one resumable: re-running the command continues a killed run):
 1. render the dataset (`sfumato.data.shapes.write_dataset`, kohya layout);
-2. train the VAE (`VAEObjective`) on it;
-3. encode every image once (`LatentCache`, kohya's cache_latents), then train the text encoder and
-   UNet together (`DiffusionObjective`, VAE frozen) with caption dropout for classifier-free guidance;
-4. export one SD1-family single-file checkpoint (LDM key layout, fp16, `modelspec.*` metadata) that
+2. train the VAE (`VAEObjective`) on it, or with `--vae-from` take the VAE of a model this script
+   made before (the same recipe: its recipe's VAE minutes are carried over);
+3. encode every image once (`LatentCache`, kohya's cache_latents);
+4. pretrain the text encoder to name every attribute of its caption (`CaptionLabelObjective`);
+5. train the text encoder and UNet together (`DiffusionObjective`, VAE frozen) with caption dropout
+   for classifier-free guidance;
+6. export one SD1-family single-file checkpoint (LDM key layout, fp16, `modelspec.*` metadata) that
    loads through the same code as any user checkpoint. Score it with `sfumato eval shapes --model`.
 
 `--export-checkpoint runs/default/unet/checkpoints/step-001000` exports a checkpoint of a run still
@@ -32,14 +36,16 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from sfumato.data.shapes import write_dataset
+from sfumato.data.shapes import LABEL_CLASSES, dataset_labels, write_dataset
 from sfumato.models.ldm_export import pipeline_to_single_file, save_single_file
-from sfumato.models.loader import clip_tokenizer, sd_alphas_cumprod
+from sfumato.models.loader import clip_tokenizer, load_checkpoint, sd_alphas_cumprod
 from sfumato.training import (
     EMA,
+    CaptionLabelObjective,
     CaptionOptions,
     DatasetConfig,
     DiffusionObjective,
@@ -144,6 +150,36 @@ def train_vae(vae: AutoencoderKL, data: Path, out: Path, steps: int, detail_step
     _vae_stage(detail, data, out / "vae-detail", detail_steps, seed + 1, warmup=30)
 
 
+def pretrain_text_encoder(
+    text_encoder: CLIPTextModel, data_root: Path, out: Path, steps: int, seed: int
+) -> None:
+    """Teach the encoder to tell every attribute apart before the UNet sees it (`CaptionLabelObjective`).
+
+    Measured: without this stage the jointly trained encoder never separated the position words and
+    the model drew objects where the seed put them (position 0.14, chance 0.11).
+    """
+    data = dataset(data_root, 256, 0.0, seed)
+    labels = torch.tensor(dataset_labels([item.path for item in data.items]))
+    objective = CaptionLabelObjective(text_encoder, clip_tokenizer(False), labels, LABEL_CLASSES)
+    config = TrainerConfig(
+        output_dir=out,
+        max_steps=steps,
+        learning_rate=1e-3,
+        lr_scheduler="cosine",
+        lr_warmup_steps=50,
+        save_every=250,
+        seed=seed,
+    )
+    Trainer(objective, data, config).train(resume_from=latest_checkpoint(out))
+    load_prefixed(text_encoder, out / "model.safetensors", "text_encoder.")
+
+
+def load_prefixed(module: torch.nn.Module, weights: Path, prefix: str) -> None:
+    """Load the `prefix`-ed tensors of a stage's weights file into `module`."""
+    trained = load_file(str(weights))
+    module.load_state_dict({k.removeprefix(prefix): v for k, v in trained.items() if k.startswith(prefix)})
+
+
 @torch.no_grad()
 def latent_scaling_factor(cache: LatentCache) -> float:
     """1/std of the latents, as SD's 0.18215 was chosen: the UNet then sees unit-variance latents."""
@@ -191,11 +227,8 @@ def load_unet_stage(
     weights: Path, text_encoder: CLIPTextModel, unet: UNet2DConditionModel
 ) -> tuple[CLIPTextModel, UNet2DConditionModel]:
     """Load the UNet stage's weights (its `model.safetensors`, or a checkpoint's) into the networks."""
-    trained = load_file(str(weights))
-    unet.load_state_dict({k.removeprefix("unet."): v for k, v in trained.items() if k.startswith("unet.")})
-    text_encoder.load_state_dict(
-        {k.removeprefix("text_encoder."): v for k, v in trained.items() if k.startswith("text_encoder.")}
-    )
+    load_prefixed(unet, weights, "unet.")
+    load_prefixed(text_encoder, weights, "text_encoder.")
     return text_encoder, unet
 
 
@@ -244,15 +277,29 @@ def _trained_seconds(run: Path) -> float:
     return float(rows[-1]["seconds"]) if rows else 0.0
 
 
+def _vae_minutes(vae_from: Path | None, out: Path) -> float:
+    """The VAE stages' training minutes: this run's, or those recorded in the model it came from."""
+    if vae_from is None:
+        return round((_trained_seconds(out / "vae") + _trained_seconds(out / "vae-detail")) / 60, 1)
+    with safe_open(str(vae_from), framework="pt") as source:
+        return float(json.loads((source.metadata() or {})["sfumato.recipe"])["vae_minutes"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/default"))
     parser.add_argument("--images", type=int, default=30000)
     parser.add_argument("--vae-steps", type=int, default=1700)
     parser.add_argument("--vae-detail-steps", type=int, default=600)
+    parser.add_argument("--text-steps", type=int, default=1000)
     parser.add_argument("--unet-steps", type=int, default=2200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--vae-from",
+        type=Path,
+        help="take the VAE of this single-file model (one this script made) instead of training one",
+    )
     parser.add_argument(
         "--export-checkpoint",
         type=Path,
@@ -268,10 +315,14 @@ def main() -> None:
     vae_dir, unet_dir = args.out / "vae-detail", args.out / "unet"
     data = dataset(data_root, 64, 0.1, args.seed)
 
-    if args.export_checkpoint is None:
-        train_vae(vae, data_root, args.out, args.vae_steps, args.vae_detail_steps, args.seed)
-        print(f"VAE done after {time.time() - started:.0f} s")
-    vae = trained_vae(vae, vae_dir)
+    if args.vae_from is not None:
+        vae = load_checkpoint(args.vae_from, device=torch.device("cpu"), dtype=torch.float32).vae
+        vae = vae.requires_grad_(False).eval()
+    else:
+        if args.export_checkpoint is None:
+            train_vae(vae, data_root, args.out, args.vae_steps, args.vae_detail_steps, args.seed)
+            print(f"VAE done after {time.time() - started:.0f} s")
+        vae = trained_vae(vae, vae_dir)
     cache = LatentCache.load_or_encode(unet_dir / "latents.safetensors", data, vae)
     vae.register_to_config(scaling_factor=latent_scaling_factor(cache))
     print(
@@ -281,11 +332,14 @@ def main() -> None:
     if args.export_checkpoint is not None:
         print(f"wrote {export_checkpoint(args.export_checkpoint, vae, text_encoder, unet)}")
         return
+    pretrain_text_encoder(text_encoder, data_root, args.out / "text", args.text_steps, args.seed)
+    print(f"text encoder pretrained after {time.time() - started:.0f} s")
     train_unet(vae, text_encoder, unet, data, cache, unet_dir, args.unet_steps, args.seed)
     load_unet_stage(unet_dir / "model.safetensors", text_encoder, unet)
     minutes = (time.time() - started) / 60
     recipe = {k: v for k, v in vars(args).items() if k != "export_checkpoint"} | {
-        "vae_minutes": round((_trained_seconds(args.out / "vae") + _trained_seconds(vae_dir)) / 60, 1),
+        "vae_minutes": _vae_minutes(args.vae_from, args.out),
+        "text_minutes": round(_trained_seconds(args.out / "text") / 60, 1),
         "unet_minutes": round(_trained_seconds(unet_dir) / 60, 1),
         "process_minutes": round(minutes, 1),
     }

@@ -30,6 +30,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -418,3 +419,46 @@ def eval_prompts(count: int, *, seed: int, two_objects: bool) -> list[tuple[str,
             if len(results) == count:
                 return results
     raise ValueError(f"only {len(results)} distinct held-out scenes found, {count} asked for")
+
+
+# What `scene_labels` names, in its column order: the background, the object count, then for each of the
+# two object slots (in caption order) its shape, colour, size and cell, with a last class for "no object".
+_SLOT_ATTRIBUTES = ("shape", "colour", "size", "cell")
+LABEL_NAMES: tuple[str, ...] = (
+    "background",
+    "count",
+    *(f"{slot}.{attribute}" for slot in (1, 2) for attribute in _SLOT_ATTRIBUTES),
+)
+LABEL_CLASSES: tuple[int, ...] = (len(COLOURS), 2) + (
+    len(SHAPES) + 1,
+    len(COLOURS) + 1,
+    len(SIZES) + 1,
+    len(POSITIONS) + 1,
+) * 2
+
+
+def scene_labels(scene: Scene) -> list[int]:
+    """The scene's ground truth as class indices (`LABEL_NAMES` columns), for text-encoder pretraining."""
+    labels = [list(COLOURS).index(scene.background), len(scene.objects) - 1]
+    for slot in range(2):
+        if slot < len(scene.objects):
+            obj = scene.objects[slot]
+            labels += [
+                SHAPES.index(obj.shape),
+                list(COLOURS).index(obj.colour),
+                list(SIZES).index(obj.size),
+                POSITIONS.index(obj.cell),
+            ]
+        else:
+            labels += [len(SHAPES), len(COLOURS), len(SIZES), len(POSITIONS)]
+    return labels
+
+
+def dataset_labels(images: Sequence[Path]) -> list[list[int]]:
+    """`scene_labels` of images written by `write_dataset`, read from the `metadata.jsonl` beside them."""
+    by_path: dict[Path, list[int]] = {}
+    for folder in {Path(image).parent for image in images}:
+        for line in (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            by_path[folder / record["file"]] = scene_labels(Scene.from_dict(record["scene"]))
+    return [by_path[Path(image)] for image in images]

@@ -11,6 +11,8 @@ How it is organised
 - `latents`: `LatentCache`, kohya's cache_latents: each image's VAE posterior (mean, std) encoded once
   and sampled afresh each step, so a frozen VAE costs nothing per step (`DiffusionObjective(...,
   latent_cache=...)`); saved beside a run and refused for other images or another VAE.
+- `text_pretrain`: `CaptionLabelObjective`, a from-scratch text encoder taught to name each labelled
+  attribute of its caption (linear heads on the pooled state) before any UNet trains on it.
 - `ema`: `EMA`, the moving average of the trained weights, with warmup and an exact swap.
 - `trainer`: `Trainer(objective, dataset, TrainerConfig(...), on_sample=...)`. accelerate supplies
   devices, DDP, mixed precision and gradient accumulation; torch AdamW; diffusers the LR schedules. The
@@ -54,7 +56,8 @@ Write an object satisfying `trainer.Objective`; the loop, data, checkpoints and 
    `string_to_param` for an embedding; the converter belongs to the objective, not to the trainer.
 
 The embedded default model (`scripts/train_default_model.py`) is the worked example: its VAE with
-`VAEObjective` (a plain stage, then a foreground-weighted one), then `DiffusionObjective(...,
+`VAEObjective` (a plain stage, then a foreground-weighted one), its text encoder with
+`CaptionLabelObjective` on the renderer's ground truth, then `DiffusionObjective(...,
 train_text_encoder=True, latent_cache=...)` over the synthetic shapes dataset, all through the same
 `Trainer`; checkpoints of the running UNet stage are exported and scored with `sfumato eval shapes`.
 """
@@ -71,6 +74,7 @@ from sfumato.training.dataset import (
 from sfumato.training.ema import EMA
 from sfumato.training.latents import LatentCache
 from sfumato.training.objectives import DiffusionObjective, VAEObjective
+from sfumato.training.text_pretrain import CaptionLabelObjective
 from sfumato.training.trainer import (
     Objective,
     SampleCallback,
@@ -82,6 +86,7 @@ from sfumato.training.trainer import (
 
 __all__ = [
     "EMA",
+    "CaptionLabelObjective",
     "CaptionOptions",
     "DatasetConfig",
     "DatasetPosition",
