@@ -25,7 +25,7 @@ from sfumato.prompts.plan import ConditioningPlan
 from sfumato.request import build_request
 from sfumato.sampling import DiscreteSchedule, get_sampler, make_sigmas
 from sfumato.tasks.common import RunControl
-from sfumato.tasks.txt2img import sample_latents
+from sfumato.tasks.sampling_run import sample_latents
 
 
 def tol(reference: torch.Tensor) -> dict[str, float]:

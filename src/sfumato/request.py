@@ -6,7 +6,7 @@ there, as A1111 does). Values are checked here once, with errors naming the fiel
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -18,7 +18,7 @@ DEFAULT_SCHEDULER = "Automatic"
 
 
 class GenerationRequest(BaseModel):
-    """A text-to-image request (img2img and friends extend it in their own issues)."""
+    """A text-to-image request; `Img2ImgRequest` extends it."""
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
@@ -54,10 +54,49 @@ class GenerationRequest(BaseModel):
         return value
 
 
+class Img2ImgRequest(GenerationRequest):
+    """img2img and inpainting, with A1111's API field names and API defaults (the CLI sets the web UI's
+    defaults instead: masked content "original", inpaint area "whole picture", padding 32). The images
+    themselves travel beside the request (`tasks.img2img.Img2ImgInputs`).
+
+    width/height default to the init image's size rounded down to the VAE's multiple."""
+
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    resize_mode: int = Field(0, ge=0, le=3)  # just resize, crop and resize, resize and fill, latent
+    initial_noise_multiplier: float = Field(1.0, ge=0.0, le=10.0)
+    mask_blur: int | None = Field(None, ge=0, le=256)  # sets both of the next two (A1111's API)
+    mask_blur_x: int = Field(4, ge=0, le=256)
+    mask_blur_y: int = Field(4, ge=0, le=256)
+    inpainting_fill: int = Field(0, ge=0, le=3)  # fill, original, latent noise, latent nothing
+    inpaint_full_res: bool = True  # "Only masked"
+    inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    inpainting_mask_weight: float = Field(1.0, ge=0.0, le=1.0)  # A1111's conditioning mask strength
+    image_cfg_scale: float | None = Field(None, ge=0.0, le=100.0)  # instruct-pix2pix models
+
+    @property
+    def blur(self) -> tuple[int, int]:
+        """(x, y) mask blur: `mask_blur` when given, as A1111's API reads it."""
+        if self.mask_blur is not None:
+            return self.mask_blur, self.mask_blur
+        return self.mask_blur_x, self.mask_blur_y
+
+
+RequestT = TypeVar("RequestT", bound=GenerationRequest)
+
+
 def build_request(**fields: object) -> GenerationRequest:
     """Validate fields into a request, turning the first validation error into a UserError."""
+    return validated(GenerationRequest, fields)
+
+
+def build_img2img_request(**fields: object) -> Img2ImgRequest:
+    return validated(Img2ImgRequest, fields)
+
+
+def validated(kind: type[RequestT], fields: dict[str, object]) -> RequestT:
     try:
-        return GenerationRequest(**fields)
+        return kind(**fields)
     except ValidationError as exc:
         raise validation_to_user_error(exc) from exc
 

@@ -3,8 +3,12 @@
 Layer 1, `ModelDenoiser`, turns a discrete-time eps- or v-prediction UNet into a sigma-space denoiser
 (Karras et al. 2022 scalings: c_in = 1/sqrt(sigma²+1); eps: x0 = x - sigma·eps; v: x0 = c_skip·x + c_out·v).
 Layer 2, `GuidedDenoiser`, adds classifier-free guidance and asks a conditioning schedule for the
-conditioning of the current step, which is how prompt editing and alternation plug in. Later layers
-(ControlNet residuals, inpaint masks, regional prompts) wrap or extend these without touching samplers.
+conditioning of the current step, which is how prompt editing and alternation plug in; for
+instruct-pix2pix models it is A1111's (and the paper's) three-way guidance over text and image.
+Layer 3, `MaskBlend`, keeps the unmasked latents of an inpainting job at the init image's.
+Image conditioning (an inpainting model's mask and masked image, a pix2pix model's source image)
+travels in `UNetExtras.c_concat`, appended to the UNet's input channels. Later layers (ControlNet
+residuals, regional prompts) wrap or extend these without touching samplers.
 """
 
 from __future__ import annotations
@@ -14,15 +18,28 @@ from dataclasses import dataclass
 
 import torch
 
+from sfumato.errors import UserError
 from sfumato.prompts.encode import Conditioning
 from sfumato.sampling.discrete import DiscreteSchedule
 
 
 @dataclass
 class UNetExtras:
-    """Per-image inputs the UNet needs besides text: SDXL's size/crop ids (batch × 6)."""
+    """Per-image inputs the UNet needs besides text: SDXL's size/crop ids (batch × 6) and the image
+    conditioning concatenated to its input (batch × C × h × w: 5 channels for inpainting models, the
+    mask then the masked image's latents; 4 for instruct-pix2pix, the source image's latents)."""
 
     time_ids: torch.Tensor | None = None
+    c_concat: torch.Tensor | None = None
+
+    @staticmethod
+    def batch(parts: list[UNetExtras]) -> UNetExtras:
+        """The extras of several UNet calls stacked into one call's batch."""
+
+        def cat(values: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if values[0] is None else torch.cat(values)  # type: ignore[arg-type]
+
+        return UNetExtras(cat([p.time_ids for p in parts]), cat([p.c_concat for p in parts]))
 
 
 class ModelDenoiser:
@@ -43,8 +60,11 @@ class ModelDenoiser:
         added = None
         if cond.pooled is not None:
             added = {"text_embeds": cond.pooled.to(dtype), "time_ids": extras.time_ids.to(dtype)}
+        model_input = x * c_in
+        if extras.c_concat is not None:
+            model_input = torch.cat([model_input, extras.c_concat.to(x.dtype)], dim=1)
         out = self.unet(
-            (x * c_in).to(dtype),
+            model_input.to(dtype),
             timestep,
             encoder_hidden_states=cond.cross.to(dtype),
             added_cond_kwargs=added,
@@ -68,6 +88,10 @@ class GuidedDenoiser:
     option, which changes images slightly and saves UNet calls). The step a model call
     belongs to is found from its sigma (the last schedule sigma at or above it), so multi-evaluation
     samplers (Heun, DPM2) see the conditioning of the step they are in.
+
+    With `image_cfg_scale` (instruct-pix2pix), three calls per step: text + image, image only, neither;
+    x0 = n + scale · (ti − i) + image_scale · (i − n) (Brooks et al. 2023, as A1111 and diffusers).
+    The image conditioning is `extras.c_concat`; "neither" gets zeros. AND cannot combine with it.
     """
 
     def __init__(
@@ -78,6 +102,7 @@ class GuidedDenoiser:
         cfg_scale: float,
         extras: UNetExtras,
         pad_with: Conditioning | None = None,
+        image_cfg_scale: float | None = None,
     ) -> None:
         self.model = model
         self.sigmas = sigmas.float().cpu()
@@ -85,6 +110,9 @@ class GuidedDenoiser:
         self.cfg_scale = cfg_scale
         self.extras = extras
         self.pad_with = pad_with  # the empty prompt's states: pad shorter prompts into one batch
+        if image_cfg_scale is not None and extras.c_concat is None:
+            raise ValueError("image_cfg_scale needs the image conditioning in extras.c_concat")
+        self.image_cfg_scale = image_cfg_scale
 
     def step_for(self, sigma: torch.Tensor) -> int:
         value = float(sigma.reshape(-1)[0])
@@ -93,17 +121,42 @@ class GuidedDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         uncond, parts = self.conditioning_at(self.step_for(sigma))
+        if self.image_cfg_scale is not None:
+            return self._edit_guidance(x, sigma, uncond, parts)
         if self.cfg_scale == 1.0 and len(parts) == 1 and parts[0][1] == 1.0:
             return self.model(x, sigma, parts[0][0], self.extras)  # u + 1·(c − u) = c: skip u
-        outputs = self._run_all(x, sigma, [uncond, *(cond for cond, _ in parts)])
+        conds = [uncond, *(cond for cond, _ in parts)]
+        outputs = self._run_all(x, sigma, conds, [self.extras] * len(conds))
         out_uncond = outputs[0]
         result = out_uncond.clone()
         for (_, weight), out_cond in zip(parts, outputs[1:], strict=True):
             result += (out_cond - out_uncond) * (weight * self.cfg_scale)
         return result
 
-    def _run_all(self, x: torch.Tensor, sigma: torch.Tensor, conds: list[Conditioning]) -> list[torch.Tensor]:
-        """UNet outputs for each conditioning, batching those of equal length into one call."""
+    def _edit_guidance(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        uncond: Conditioning,
+        parts: list[tuple[Conditioning, float]],
+    ) -> torch.Tensor:
+        if len(parts) != 1:
+            raise UserError(
+                "AND cannot be used with an instruct-pix2pix model's image CFG scale (set it to 1)",
+                field="prompt",
+            )
+        image = self.extras
+        no_image = UNetExtras(image.time_ids, torch.zeros_like(image.c_concat))  # type: ignore[arg-type]
+        both, image_only, neither = self._run_all(
+            x, sigma, [parts[0][0], uncond, uncond], [image, image, no_image]
+        )
+        assert self.image_cfg_scale is not None
+        return neither + self.cfg_scale * (both - image_only) + self.image_cfg_scale * (image_only - neither)
+
+    def _run_all(
+        self, x: torch.Tensor, sigma: torch.Tensor, conds: list[Conditioning], extras: list[UNetExtras]
+    ) -> list[torch.Tensor]:
+        """UNet outputs for each (conditioning, extras), batching those of equal length into one call."""
         if self.pad_with is not None:
             conds = pad_to_longest(conds, self.pad_with)
         outputs: list[torch.Tensor | None] = [None] * len(conds)
@@ -112,13 +165,34 @@ class GuidedDenoiser:
             by_length.setdefault(cond.cross.shape[1], []).append(index)
         for indices in by_length.values():
             n = len(indices)
-            time_ids = self.extras.time_ids
-            extras = UNetExtras(None if time_ids is None else time_ids.repeat(n, 1))
             both = Conditioning.batch([conds[i] for i in indices])
-            out = self.model(x.repeat(n, 1, 1, 1), sigma.repeat(n), both, extras)
+            batched = UNetExtras.batch([extras[i] for i in indices])
+            out = self.model(x.repeat(n, 1, 1, 1), sigma.repeat(n), both, batched)
             for i, chunk in zip(indices, out.chunk(n), strict=True):
                 outputs[i] = chunk
         return outputs  # type: ignore[return-value]
+
+
+class MaskBlend:
+    """Inpainting by latent blending (A1111's, for any checkpoint): after every model call the kept
+    area of the prediction is the init image's latents, so the sampler only ever changes the masked
+    area and the rest converges to the original."""
+
+    def __init__(
+        self,
+        inner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        init: torch.Tensor,
+        keep: torch.Tensor,
+    ) -> None:
+        self.inner = inner
+        self.init = init
+        self.keep = keep  # 1 where the init image is kept, 0 where it is repainted
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.blend(self.inner(x, sigma))
+
+    def blend(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.init * self.keep + latents * (1 - self.keep)
 
 
 def pad_to_longest(conds: list[Conditioning], empty: Conditioning) -> list[Conditioning]:

@@ -1,7 +1,7 @@
 """Images in and out of the API: base64 (with or without a `data:` URL prefix) with size limits.
 
 An upload is refused before it is decoded when its bytes exceed `MAX_UPLOAD_BYTES`, and before its
-pixels are allocated when its header announces more than `MAX_PIXELS` (a "decompression bomb"); an
+pixels are allocated when its header announces more than `MAX_PIXELS` (`sfumato.imaging.files`); an
 undecodable payload is a UserError naming the field, never a 500.
 """
 
@@ -11,15 +11,14 @@ import base64
 import binascii
 import io
 import re
-import warnings
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sfumato.errors import UserError
+from sfumato.imaging.files import open_image
 from sfumato.pnginfo import pnginfo_for
 
 MAX_UPLOAD_BYTES = 50 << 20
-MAX_PIXELS = 8192 * 8192
 DATA_URL = re.compile(r"^data:[\w/+.-]+(;[\w=-]+)*;base64,", re.IGNORECASE)
 
 
@@ -33,27 +32,6 @@ def decode_base64(data: str, field: str) -> bytes:
         return base64.b64decode(payload, validate=False)
     except (binascii.Error, ValueError) as exc:
         raise UserError(f"{field}: not valid base64 ({exc})", field=field) from exc
-
-
-def open_image(raw: bytes, field: str) -> Image.Image:
-    """Decode image bytes fully (so a truncated file fails here), refusing oversized ones."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))
-            if image.width * image.height > MAX_PIXELS:
-                raise UserError(
-                    f"{field}: image of {image.width}×{image.height} pixels is larger than allowed "
-                    f"({MAX_PIXELS:,} pixels)",
-                    field=field,
-                )
-            image.load()
-    except UserError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:  # fmt: skip
-        raise UserError(f"{field}: not a readable image ({exc})", field=field) from exc
-    return image
 
 
 def decode_image(data: str, field: str) -> tuple[Image.Image, bytes]:

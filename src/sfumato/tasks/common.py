@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -45,25 +47,56 @@ class RunControl:
     interrupted: bool = field(default=False, init=False)
 
 
-@torch.no_grad()
-def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE-decode latents to RGB images. SDXL's VAE overflows in fp16, so it decodes in fp32 there."""
+@contextmanager
+def vae_dtype(model: LoadedModel) -> Iterator[torch.dtype]:
+    """The dtype to run the VAE in: its own, except that a VAE which overflows in fp16 (SDXL's,
+    `force_upcast`) runs in fp32 for the duration."""
     vae = model.vae
     dtype = next(vae.parameters()).dtype
     upcast = bool(vae.config.get("force_upcast")) and dtype == torch.float16
-    if upcast:
-        vae.to(torch.float32)
+    if not upcast:
+        yield dtype
+        return
+    vae.to(torch.float32)
     try:
-        scaled = latents.to(model.device, torch.float32 if upcast else dtype) / vae.config.scaling_factor
-        images = []
-        for one in scaled.split(1):  # one at a time: the VAE decoder is the memory peak at large sizes
-            pixels = vae.decode(one).sample
+        yield torch.float32
+    finally:
+        vae.to(dtype)
+
+
+@torch.no_grad()
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+    """VAE-decode latents to RGB images, one at a time: the decoder is the memory peak at large sizes."""
+    images = []
+    with vae_dtype(model) as dtype:
+        scaled = latents.to(model.device, dtype) / model.vae.config.scaling_factor
+        for one in scaled.split(1):
+            pixels = model.vae.decode(one).sample
             pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             images.append(Image.fromarray(pixels[0].permute(1, 2, 0).cpu().numpy()))
-    finally:
-        if upcast:
-            vae.to(dtype)
     return images
+
+
+def image_to_pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a (1, 3, H, W) float tensor in [-1, 1], the VAE's input range."""
+    array = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32).copy())
+    return (array / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0)
+
+
+@torch.no_grad()
+def encode_pixels(model: LoadedModel, pixels: torch.Tensor, *, scaled: bool = True) -> torch.Tensor:
+    """VAE-encode (B, 3, H, W) pixels in [-1, 1] to the posterior mean, times the scaling factor when
+    `scaled` (the UNet's latent space; pix2pix conditions on the unscaled mean).
+
+    The mean, not a sample: A1111 samples the posterior from the global RNG, which makes img2img
+    differ run to run by the posterior's spread; the mean keeps img2img a function of its seed.
+    """
+    with vae_dtype(model) as dtype:
+        moments = [
+            model.vae.encode(one.to(model.device, dtype)).latent_dist.mean.float() for one in pixels.split(1)
+        ]
+    latents = torch.cat(moments)
+    return latents * model.vae.config.scaling_factor if scaled else latents
 
 
 def stop_check(control: RunControl) -> None:
