@@ -93,6 +93,33 @@ def weighted_mse(prediction: Tensor, target: Tensor, weights: Tensor | None = No
     return per_sample.mean()
 
 
+def prefixed_state_dict(modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
+    """Several modules' weights in one flat dict, each key prefixed with its module's name."""
+    return {
+        f"{name}.{key}": value
+        for name, module in modules.items()
+        for key, value in module.state_dict().items()
+    }
+
+
+def load_prefixed_state_dict(modules: Mapping[str, nn.Module], state: Mapping[str, Tensor]) -> None:
+    """The inverse of `prefixed_state_dict`: each module takes the keys under its name."""
+    for name, module in modules.items():
+        prefix = f"{name}."
+        module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def caption_ids(tokenizer: CLIPTokenizer, captions: list[str], device: torch.device) -> Tensor:
+    """Token ids of captions padded/truncated to the tokenizer's 77 tokens."""
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+
+
 class DiffusionObjective:
     """Text-to-image denoising loss for an SD1-family model: frozen VAE, UNet trained, text encoder
     trained only if `train_text_encoder` (the from-scratch default model trains both).
@@ -141,26 +168,14 @@ class DiffusionObjective:
             yield from module.parameters()
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {
-            f"{name}.{key}": value
-            for name, module in self._trained().items()
-            for key, value in module.state_dict().items()
-        }
+        return prefixed_state_dict(self._trained())
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        for name, module in self._trained().items():
-            prefix = f"{name}."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        load_prefixed_state_dict(self._trained(), state)
 
     def encode_captions(self, captions: list[str], device: torch.device) -> Tensor:
         """CLIP last hidden states of the padded 77-token captions (SD1 conditioning)."""
-        ids = self.tokenizer(
-            captions,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
+        ids = caption_ids(self.tokenizer, captions, device)
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
             return self.text_encoder(ids)[0]
 

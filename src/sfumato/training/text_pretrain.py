@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from sfumato.training.objectives import caption_ids, load_prefixed_state_dict, prefixed_state_dict
 from sfumato.training.trainer import StepContext
 
 
@@ -54,27 +55,15 @@ class CaptionLabelObjective:
         yield from self.heads.parameters()
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {
-            f"{name}.{key}": value
-            for name, module in self.modules().items()
-            for key, value in module.state_dict().items()
-        }
+        return prefixed_state_dict(self.modules())
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        for name, module in self.modules().items():
-            prefix = f"{name}."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        load_prefixed_state_dict(self.modules(), state)
 
     def logits(self, captions: list[str]) -> list[Tensor]:
         """Each head's (B, classes) logits for `captions`."""
         device = next(self.text_encoder.parameters()).device
-        ids = self.tokenizer(
-            captions,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
+        ids = caption_ids(self.tokenizer, captions, device)
         pooled = self.text_encoder(ids).pooler_output
         return [head(pooled) for head in self.heads]
 
