@@ -27,9 +27,11 @@ from sfumato.output import images_folder, save_png
 from sfumato.pnginfo import read_metadata
 from sfumato.prompts.embeddings import EmbeddingDatabase
 from sfumato.prompts.encode import encoder_widths
-from sfumato.request import GenerationRequest, build_request
+from sfumato.request import GenerationRequest, Img2ImgRequest, validated
 from sfumato.settings import Settings
 from sfumato.tasks.common import Progress, RunControl
+from sfumato.tasks.img2img import img2img
+from sfumato.tasks.img2img_inputs import Img2ImgInputs
 from sfumato.tasks.txt2img import GeneratedImage, Txt2ImgResult, generate, resolve_sampler
 
 
@@ -81,7 +83,11 @@ def make_manager(settings: Settings) -> ModelManager:
 class Txt2ImgJob:
     """A txt2img job from CLI-style fields (and optionally a PNG to start from).
 
-    A server passes its long-lived `manager` so consecutive jobs reuse the loaded model."""
+    A server passes its long-lived `manager` so consecutive jobs reuse the loaded model. Subclasses
+    (img2img) change the request kind, the output folder and the task that runs."""
+
+    task = "txt2img"
+    request_kind: type[GenerationRequest] = GenerationRequest
 
     def __init__(
         self,
@@ -95,7 +101,7 @@ class Txt2ImgJob:
         self.settings = settings
         self.manager = manager or make_manager(settings)
         base = request_from_png(from_png, self.manager) if from_png else {}
-        self.request: GenerationRequest = build_request(**{**base, **fields})
+        self.request = validated(self.request_kind, {**base, **fields})
         resolve_sampler(self.request)  # fail on a bad sampler name before loading any model
         self.out_dir = out_dir
         self.interrupted = False
@@ -112,14 +118,19 @@ class Txt2ImgJob:
         """Generate and save every image; `already_saved(index)` names images a crashed earlier run
         of this job saved, which are then not saved again (the rerun makes the same pixels)."""
         model = self.manager.load(self.request.model, self.request.vae, self.request.prediction)
-        folder = self.out_dir or images_folder(self.settings.outputs, "txt2img")
+        folder = self.out_dir or images_folder(self.settings.outputs, self.task)
         saved: list[Path] = []
 
         def save(generated: GeneratedImage, result: Txt2ImgResult) -> None:
             if already_saved(generated.index):
                 return
             text = self.infotext_for(
-                model, generated.seed, generated.subseed, generated.image.size, result.used_embeddings
+                model,
+                generated.seed,
+                generated.subseed,
+                result.size or generated.image.size,
+                result.used_embeddings,
+                result.params,
             )
             path = save_png(generated.image, folder, generated.seed, text)
             saved.append(path)
@@ -128,22 +139,28 @@ class Txt2ImgJob:
             )
 
         def step(progress: Progress) -> None:
+            if progress.total and bar.total != progress.total * self.request.n_iter:
+                bar.total = progress.total * self.request.n_iter  # img2img runs part of the steps
+                bar.refresh()
             bar.update(1)
             on_step(progress)
 
         total = self.request.steps * self.request.n_iter
-        with tqdm(total=total, desc="txt2img", unit="step", leave=False) as bar:
+        with tqdm(total=total, desc=self.task, unit="step", leave=False) as bar:
             control = RunControl(
                 on_step=step, on_image=save, should_stop=should_stop, should_skip=should_skip
             )
             lookup, notes = self._embeddings_for(model)
             for note in notes:
                 print(f"sfumato: {note}", file=sys.stderr)
-            result = generate(model, self.request, control, embedding_lookup=lookup)
+            result = self._generate(model, control, lookup)
         for note in result.notes:
             print(f"sfumato: {note}", file=sys.stderr)
         self.interrupted = control.interrupted
         return saved
+
+    def _generate(self, model: LoadedModel, control: RunControl, lookup: Callable) -> Txt2ImgResult:
+        return generate(model, self.request, control, embedding_lookup=lookup)
 
     def _embeddings_for(self, model: LoadedModel) -> tuple[Callable, list[str]]:
         """Token lookup for the user's embeddings that fit this model, and a note for each embedding the
@@ -167,6 +184,7 @@ class Txt2ImgJob:
         subseed: int,
         size: tuple[int, int],
         embeddings: dict | None = None,
+        params: dict[str, Any] | None = None,
     ) -> str:
         request = self.request
         sampler, schedule = resolve_sampler(request)
@@ -182,6 +200,21 @@ class Txt2ImgJob:
             model_hash=self.manager.model_hash(model.path),
             vae_name=vae_path.name if vae_path else None,
             vae_hash=self.manager.model_hash(vae_path) if vae_path else None,
-            extra={"TI hashes": ti_hashes(embeddings or {})},
+            extra={**(params or {}), "TI hashes": ti_hashes(embeddings or {})},
         )
         return infotext.format(request.prompt, request.negative_prompt, params)
+
+
+class Img2ImgJob(Txt2ImgJob):
+    """An img2img / inpainting job: `inputs` holds the init image and mask."""
+
+    task = "img2img"
+    request_kind = Img2ImgRequest
+
+    def __init__(self, settings: Settings, fields: dict[str, Any], inputs: Img2ImgInputs, **options: Any):
+        super().__init__(settings, fields, **options)
+        self.inputs = inputs
+
+    def _generate(self, model: LoadedModel, control: RunControl, lookup: Callable) -> Txt2ImgResult:
+        assert isinstance(self.request, Img2ImgRequest)
+        return img2img(model, self.request, self.inputs, control, embedding_lookup=lookup)

@@ -1,4 +1,4 @@
-"""The `sfumato` command line: txt2img, png-info, models list, serve.
+"""The `sfumato` command line: txt2img, img2img, png-info, models list, serve.
 
 User errors print one line on stderr and exit 2; Ctrl-C during sampling stops after the current step,
 saves what was made (as A1111 does) and exits 130; a second Ctrl-C stops at once.
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sfumato import __version__
+from sfumato.cli_images import add_img2img_parser
 from sfumato.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -30,6 +31,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _txt2img_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("txt2img", help="generate images from a prompt")
+    _generation_args(p, "txt2img")
+    p.set_defaults(handler=cmd_txt2img)
+
+
+def _generation_args(p: argparse.ArgumentParser, task: str) -> None:
+    """The options txt2img and img2img share (A1111's generation settings)."""
     p.add_argument("prompt", nargs="?", help="the prompt (A1111 syntax)")
     p.add_argument("--negative", help="negative prompt")
     p.add_argument("--model", help="checkpoint name, title, hash or path")
@@ -56,14 +63,13 @@ def _txt2img_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--from-png", type=Path, help="rebuild the request from a PNG's parameters")
     p.add_argument(
-        "--out", type=Path, help="save images in this folder (default outputs/txt2img-images/DATE)"
+        "--out", type=Path, help=f"save images in this folder (default outputs/{task}-images/DATE)"
     )
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument(
         "--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (default: fp16 on GPU, fp32 on CPU)"
     )
     _add_common(p)
-    p.set_defaults(handler=cmd_txt2img)
 
 
 TXT2IMG_FLAG_FIELDS = {
@@ -106,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sfumato {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _txt2img_parser(sub)
+    add_img2img_parser(sub, _generation_args)
+    sub.choices["img2img"].set_defaults(handler=cmd_img2img)
 
     info = sub.add_parser("png-info", help="show the generation parameters stored in an image")
     info.add_argument("file", type=Path)
@@ -286,21 +294,36 @@ def _interrupt_flag() -> tuple[Callable[[], bool], Callable[[], None]]:
     return (lambda: state["stop"]), (lambda: signal.signal(signal.SIGINT, previous))
 
 
-def cmd_txt2img(args: argparse.Namespace) -> int:
-    from sfumato.app import Txt2ImgJob
-
+def _generation_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields = {field: getattr(args, flag) for flag, field in TXT2IMG_FLAG_FIELDS.items()}
-    fields = {k: v for k, v in fields.items() if v is not None}
-    if args.from_png is None and "prompt" not in fields:
-        raise UserError("a prompt is needed (or --from-png FILE)", field="prompt")
-    settings = _settings(args, device=args.device, dtype=args.dtype)
-    job = Txt2ImgJob(settings, fields, from_png=args.from_png, out_dir=args.out)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _run_job(job: Any) -> int:
+    """Run a generation job with Ctrl-C handling, printing each saved file's path."""
     should_stop, restore = _interrupt_flag()
     try:
         paths = job.run(should_stop=should_stop, on_saved=lambda saved: print(saved.path, flush=True))
     finally:
         restore()
     return EXIT_INTERRUPTED if job.interrupted else (0 if paths else EXIT_USER_ERROR)
+
+
+def cmd_txt2img(args: argparse.Namespace) -> int:
+    from sfumato.app import Txt2ImgJob
+
+    fields = _generation_fields(args)
+    if args.from_png is None and "prompt" not in fields:
+        raise UserError("a prompt is needed (or --from-png FILE)", field="prompt")
+    settings = _settings(args, device=args.device, dtype=args.dtype)
+    return _run_job(Txt2ImgJob(settings, fields, from_png=args.from_png, out_dir=args.out))
+
+
+def cmd_img2img(args: argparse.Namespace) -> int:
+    from sfumato.cli_images import cmd_img2img as run_img2img
+
+    args.settings_obj = _settings(args, device=args.device, dtype=args.dtype)
+    return run_img2img(args, _generation_fields(args), _run_job)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

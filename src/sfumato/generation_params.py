@@ -33,6 +33,7 @@ def infotext_params(
 ) -> dict[str, Any]:
     """Infotext parameters for one image, in A1111's key order."""
     r = request_fields
+    extra = dict(extra or {})
     strength = r.get("subseed_strength", 0.0)
     resize = (r.get("seed_resize_from_w", 0), r.get("seed_resize_from_h", 0))
     params: dict[str, Any] = {
@@ -40,6 +41,7 @@ def infotext_params(
         "Sampler": r["sampler_name"],
         "Schedule type": r["scheduler"] if r.get("scheduler", "Automatic") != "Automatic" else None,
         "CFG scale": _number(r["cfg_scale"]),
+        "Image CFG scale": _number(v) if (v := extra.pop("Image CFG scale", None)) is not None else None,
         "Seed": seed,
         "Size": f"{width}x{height}",
         "Model hash": model_hash,
@@ -49,11 +51,14 @@ def infotext_params(
         "Variation seed": subseed if strength > 0 else None,
         "Variation seed strength": _number(strength) if strength > 0 else None,
         "Seed resize from": f"{resize[0]}x{resize[1]}" if resize[0] > 0 and resize[1] > 0 else None,
+        "Denoising strength": _number(v)
+        if (v := extra.pop("Denoising strength", None)) is not None
+        else None,
         "Eta": _number(r["eta"]) if r.get("eta") is not None else None,
         "Clip skip": r["clip_skip"] if r.get("clip_skip", 1) > 1 else None,
         "Emphasis": r["emphasis"] if r.get("emphasis", "Original") != "Original" else None,
         "Pad conds": True if r.get("pad_conds") else None,
-        **(extra or {}),
+        **extra,
         "Version": f"sfumato {__version__}",
     }
     return {k: v for k, v in params.items() if v is not None}
@@ -101,6 +106,11 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
         "eta": ("Eta", _float),
         "seed_resize_from_w": ("Seed resize from-1", _int),
         "seed_resize_from_h": ("Seed resize from-2", _int),
+        "denoising_strength": ("Denoising strength", _float),
+        "image_cfg_scale": ("Image CFG scale", _float),
+        "mask_blur": ("Mask blur", _int),
+        "inpaint_full_res_padding": ("Masked area padding", _int),
+        "initial_noise_multiplier": ("Noise multiplier", _float),
     }
     for field, (key, convert) in numeric.items():
         if key in parsed and (value := convert(parsed[key])) is not None:
@@ -108,6 +118,7 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
     if "Variation seed" in parsed and (strength := _float(parsed.get("Variation seed strength", 0))):
         fields["subseed"] = _int(parsed["Variation seed"])
         fields["subseed_strength"] = strength
+    _img2img_choices(parsed, fields)
     if str(parsed.get("Pad conds", "")).lower() == "true":
         fields["pad_conds"] = True
     if parsed.get("Emphasis") in ("Original", "No norm", "None"):
@@ -116,3 +127,15 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
         if fields.get(field, 0) < 0:  # A1111 writes -1 for "off"
             fields[field] = 0
     return fields
+
+
+MASKED_CONTENT_KEYS = {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}
+
+
+def _img2img_choices(parsed: Mapping[str, Any], fields: dict[str, Any]) -> None:
+    """img2img's named choices. Present only in img2img infotexts; a txt2img request ignores them.
+    A mask's infotext without "Inpaint area" was painted over the whole picture."""
+    if "Mask blur" in parsed:
+        fields["inpaint_full_res"] = parsed.get("Inpaint area") == "Only masked"
+        fields["inpainting_fill"] = MASKED_CONTENT_KEYS.get(str(parsed.get("Masked content", "original")), 1)
+        fields["inpainting_mask_invert"] = int(parsed.get("Mask mode") == "Inpaint not masked")

@@ -158,19 +158,53 @@ def beta(n: int, sigma_min: float, sigma_max: float, alpha: float, beta_: float)
     return _append_zero(torch.tensor(sigma_min + quantiles * (sigma_max - sigma_min), dtype=torch.float32))
 
 
-def unipc_grid(steps: int, model: DiscreteSchedule) -> Tensor:
-    """A1111's UniPC grid: N = len(ddim_timesteps(steps)) steps uniform in continuous time t in [1/T, 1]
-    ("time_uniform"), with alpha_t interpolated linearly in log(alpha) over the discrete timesteps as
-    UniPC's NoiseScheduleVP does; all N + 1 sigmas, then the 0 where A1111's UniPC stops."""
+def unipc_grid(steps: int, model: DiscreteSchedule, t_start: float = 1.0) -> Tensor:
+    """A1111's UniPC grid: N = len(ddim_timesteps(steps)) steps uniform in continuous time t from
+    `t_start` down to 1/T ("time_uniform"), with alpha_t interpolated linearly in log(alpha) over the
+    discrete timesteps as UniPC's NoiseScheduleVP does; all N + 1 sigmas, then the 0 where A1111's UniPC
+    stops. img2img passes its own N and `t_start` through `unipc_grid_from`."""
+    return unipc_grid_from(len(ddim_timesteps(steps, len(model.sigmas))), t_start, model)
+
+
+def unipc_grid_from(n: int, t_start: float, model: DiscreteSchedule) -> Tensor:
+    """`n` UniPC steps uniform in continuous time from `t_start` to 1/T (see `unipc_grid`)."""
     total = len(model.sigmas)
-    n = len(ddim_timesteps(steps, total))
-    t_cont = torch.linspace(1.0, 1.0 / total, n + 1, dtype=torch.float64)
+    t_cont = torch.linspace(t_start, 1.0 / total, n + 1, dtype=torch.float64)
     index = (t_cont * total - 1).clamp(0, total - 1)
     log_alpha = 0.5 * model.alphas_cumprod.double().log()
     low = index.floor().long().clamp(max=total - 2)
     w = index - low
     la = (1 - w) * log_alpha[low] + w * log_alpha[low + 1]
     return _append_zero(torch.sqrt(torch.exp(-2 * la) - 1).float())
+
+
+def img2img_sigmas(
+    sigmas: Tensor, steps: int, strength: float, sampler: str, model: DiscreteSchedule
+) -> tuple[Tensor, float]:
+    """The part of a `steps`-step schedule img2img runs at denoising `strength`, and the sigma the init
+    latents are noised to, by A1111's rule: t_enc = int(min(strength, 0.999) · steps).
+
+    k-diffusion samplers run `sigmas[steps - t_enc - 1:]` (t_enc + 1 steps) from its first sigma.
+    DDIM and PLMS walk the last t_enc timesteps of their grid (t_enc − 1 steps, as their txt2img takes
+    one step fewer than asked), with the init noised one grid level above the first of them. UniPC runs
+    t_enc steps on a grid of its own from just above the t_enc-th DDIM timestep (A1111 passes
+    `t_start = t/1000 + 1/1000`), noised like DDIM. t_enc is at least 1 for them (A1111 fails at 0).
+    """
+    from sfumato.sampling.samplers import get_sampler
+
+    spec = get_sampler(sampler)
+    t_enc = int(min(strength, 0.999) * steps)
+    if not spec.own_grid:
+        schedule = sigmas[steps - t_enc - 1 :]
+        return schedule, float(schedule[0])
+    t_enc = max(t_enc, 1)
+    total = len(model.sigmas)
+    timesteps = ddim_timesteps(steps, total)
+    noise_sigma = float(model.sigmas[timesteps[t_enc]])
+    if spec.automatic_schedule == "unipc":
+        return unipc_grid_from(t_enc, timesteps[t_enc - 1] / total + 1 / total, model), noise_sigma
+    grid = len(sigmas) - 1
+    return sigmas[grid - t_enc :], noise_sigma
 
 
 def lcm_grid(n: int, model: DiscreteSchedule, original_steps: int = 50) -> Tensor:

@@ -40,6 +40,8 @@ class Txt2ImgResult:
     images: list[GeneratedImage]
     used_embeddings: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    params: dict[str, object] = field(default_factory=dict)  # task-specific infotext keys (img2img's)
+    size: tuple[int, int] | None = None  # the infotext's "Size" when not the images' (img2img)
 
 
 def resolve_sampler(request: GenerationRequest) -> tuple[str, str]:
