@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sfumato import __version__
+from sfumato.cli_extras import add_extras_parsers
 from sfumato.cli_images import add_img2img_parser
 from sfumato.errors import UserError
 
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _txt2img_parser(sub)
     add_img2img_parser(sub, _generation_args)
     sub.choices["img2img"].set_defaults(handler=cmd_img2img)
+    add_extras_parsers(sub, _add_common)
 
     info = sub.add_parser("png-info", help="show the generation parameters stored in an image")
     info.add_argument("file", type=Path)

@@ -35,8 +35,9 @@ def images_folder(outputs: Path, task: str, *, today: dt.date | None = None) -> 
     return outputs / f"{task}-images" / (today or dt.date.today()).isoformat()
 
 
-def save_png(image: Image.Image, folder: Path, seed: int, parameters: str) -> Path:
-    """Save under the next free `NNNNN-SEED.png`, with `parameters` in a tEXt/iTXt chunk."""
+def save_png(image: Image.Image, folder: Path, seed: int | None, parameters: str) -> Path:
+    """Save under the next free `NNNNN-SEED.png` (`NNNNN.png` without a seed: Extras), with
+    `parameters` in a tEXt/iTXt chunk."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".saving-", suffix=".png")
@@ -52,12 +53,12 @@ def save_png(image: Image.Image, folder: Path, seed: int, parameters: str) -> Pa
     return target
 
 
-def _claim_name(tmp: Path, folder: Path, seed: int) -> Path:
+def _claim_name(tmp: Path, folder: Path, seed: int | None) -> Path:
     """Give the finished file its numbered name without ever replacing an existing one: a hard link
     fails if the name is taken (two writers at once), and we try the next number."""
     number = next_sequence_number(folder)
     while True:
-        target = folder / f"{number:05d}-{seed}.png"
+        target = folder / (f"{number:05d}-{seed}.png" if seed is not None else f"{number:05d}.png")
         try:
             os.link(tmp, target)
             return target

@@ -1,0 +1,78 @@
+"""`sfumato upscale` and `sfumato clean`: the Extras tab's jobs, written to outputs/extras-images
+with A1111's postprocessing infotext keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from sfumato.errors import UserError
+from sfumato.imaging.files import read_image
+
+
+def add_extras_parsers(sub: argparse._SubParsersAction, add_common) -> None:
+    up = sub.add_parser("upscale", help="resize an image with an upscaler (the Extras tab)")
+    up.add_argument("image", type=Path)
+    up.add_argument("--upscaler", default="Lanczos", help="Lanczos, Nearest or None")
+    up.add_argument("--scale", type=float, default=2.0, help="factor (default 2)")
+    up.add_argument("--width", type=int, help="resize to this size instead (with --height)")
+    up.add_argument("--height", type=int)
+    up.add_argument("--out", type=Path, help="folder (default outputs/extras-images/DATE)")
+    add_common(up)
+    up.set_defaults(handler=cmd_upscale)
+
+    clean = sub.add_parser("clean", help="remove what the mask covers, painted from its surroundings")
+    clean.add_argument("image", type=Path)
+    clean.add_argument("--mask", type=Path, required=True, help="white = remove")
+    clean.add_argument("--method", default="telea", help="telea (default) or ns (Navier-Stokes)")
+    clean.add_argument("--radius", type=int, default=3, help="neighbourhood radius in pixels")
+    clean.add_argument("--out", type=Path, help="folder (default outputs/extras-images/DATE)")
+    add_common(clean)
+    clean.set_defaults(handler=cmd_clean)
+
+
+def _save(args: argparse.Namespace, image: Image.Image, parameters: str) -> int:
+    from sfumato.output import images_folder, save_png
+    from sfumato.settings import load_settings
+
+    settings = load_settings({"data_dir": args.data_dir}, settings_file=args.settings)
+    folder = args.out or images_folder(settings.outputs, "extras")
+    print(save_png(image, folder, None, parameters), flush=True)
+    return 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from sfumato.tasks.extras import ResizeTarget, upscale
+
+    if (args.width is None) != (args.height is None):
+        raise UserError("--width and --height go together", field="width")
+    if args.scale <= 0 or (args.width is not None and min(args.width, args.height) < 1):
+        raise UserError("--scale, --width and --height must be positive", field="scale")
+    image = read_image(args.image, "image")
+    target = ResizeTarget(scale=args.scale, width=args.width, height=args.height)
+    result = upscale(image, target, upscaler_1=args.upscaler)
+    size = f"{args.width}x{args.height}" if args.width else None
+    parameters = ", ".join(
+        f"{key}: {value}"
+        for key, value in (
+            ("Postprocess upscale by", None if size else f"{args.scale:g}"),
+            ("Postprocess upscale to", size),
+            ("Postprocess upscaler", args.upscaler),
+        )
+        if value is not None
+    )
+    return _save(args, result, parameters)
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from sfumato.tasks.clean import clean_image
+
+    image = read_image(args.image, "image")
+    mask = read_image(args.mask, "mask")
+    result, notes = clean_image(image, mask, method=args.method, radius=args.radius)
+    for note in notes:
+        print(f"sfumato: {note}", file=sys.stderr)
+    return _save(args, result, f"Clean method: {args.method}, Clean radius: {args.radius}")
