@@ -16,7 +16,10 @@ torch.set_num_threads(1)  # CI machines have 2 cores; tests are many small ops
 def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One single-file checkpoint per variant, plus the factory's in-memory components."""
     root = tmp_path_factory.mktemp("tiny")
-    return {variant: root / f"{variant}.safetensors" for variant in ("sd1", "sd2-v", "sdxl", "sd1-inpaint", "sd1-pix2pix")}
+    return {
+        variant: root / f"{variant}.safetensors"
+        for variant in ("sd1", "sd2-v", "sdxl", "sd1-inpaint", "sd1-pix2pix")
+    }
 
 
 @pytest.fixture(scope="session")

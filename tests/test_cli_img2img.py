@@ -139,3 +139,46 @@ def test_bad_input_exits_2_with_one_line(data_dir, capsys, args, needle):
     code, _, err = run(capsys, "img2img", "x", "--data-dir", data_dir, *FAST, *argv)
     assert code == 2
     assert needle in err and err.count("\n") == 1
+
+
+def animation(path, count=3, durations=(80, 160, 240), loop=0):
+    frames = [Image.open(picture(path.with_name(f"frame{i}.png"), (32, 32), seed=i)) for i in range(count)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=list(durations), loop=loop)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp", ".png"])
+def test_gif2gif_keeps_frame_count_durations_and_loop(data_dir, capsys, suffix):
+    from sfumato.imaging.files import read_frames
+
+    source = animation(data_dir / f"in{suffix}", loop=3)
+    code, lines, err = run(
+        capsys, "gif2gif", source, "a cat", "--strength", 0.5, "--data-dir", data_dir, *FAST
+    )
+    assert code == 0, err
+    frames, durations, loop = read_frames(lines[-1], "animation")
+    assert len(frames) == 3 and durations == [80, 160, 240] and loop == 3
+    assert len(list((data_dir / lines[-1]).parent.glob("0000?-*.png"))) == 3  # each frame saved too
+
+
+def test_gif2gif_a_failing_frame_keeps_its_source_and_the_others(data_dir, capsys, monkeypatch):
+    from sfumato import app
+    from sfumato.errors import UserError
+    from sfumato.imaging.files import read_frames
+
+    real_init, calls = app.Img2ImgJob.__init__, []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise UserError("frame trouble")
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(app.Img2ImgJob, "__init__", flaky)
+    source = animation(data_dir / "in.gif")
+    code, lines, err = run(capsys, "gif2gif", source, "x", "--data-dir", data_dir, *FAST)
+    assert code == 0 and "frame 2: frame trouble" in err
+    frames, _, _ = read_frames(lines[-1], "animation")
+    original, _, _ = read_frames(source, "animation")
+    assert len(frames) == 3
+    assert np.abs(np.asarray(frames[1], int) - np.asarray(original[1], int)).mean() < 8  # GIF palette

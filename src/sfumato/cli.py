@@ -16,7 +16,7 @@ from typing import Any
 
 from sfumato import __version__
 from sfumato.cli_extras import add_extras_parsers
-from sfumato.cli_images import add_img2img_parser
+from sfumato.cli_images import add_gif2gif_parser, add_img2img_parser
 from sfumato.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     _txt2img_parser(sub)
     add_img2img_parser(sub, _generation_args)
     sub.choices["img2img"].set_defaults(handler=cmd_img2img)
+    add_gif2gif_parser(sub, _generation_args)
+    sub.choices["gif2gif"].set_defaults(handler=cmd_gif2gif)
     add_extras_parsers(sub, _add_common)
 
     info = sub.add_parser("png-info", help="show the generation parameters stored in an image")
@@ -301,11 +303,13 @@ def _generation_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def _run_job(job: Any) -> int:
-    """Run a generation job with Ctrl-C handling, printing each saved file's path."""
+def _run_job(job: Any, on_saved: Callable[[Any], None] | None = None) -> int:
+    """Run a generation job with Ctrl-C handling; by default print each saved file's path."""
     should_stop, restore = _interrupt_flag()
     try:
-        paths = job.run(should_stop=should_stop, on_saved=lambda saved: print(saved.path, flush=True))
+        paths = job.run(
+            should_stop=should_stop, on_saved=on_saved or (lambda saved: print(saved.path, flush=True))
+        )
     finally:
         restore()
     return EXIT_INTERRUPTED if job.interrupted else (0 if paths else EXIT_USER_ERROR)
@@ -326,6 +330,13 @@ def cmd_img2img(args: argparse.Namespace) -> int:
 
     args.settings_obj = _settings(args, device=args.device, dtype=args.dtype)
     return run_img2img(args, _generation_fields(args), _run_job)
+
+
+def cmd_gif2gif(args: argparse.Namespace) -> int:
+    from sfumato.cli_images import cmd_gif2gif as run_gif2gif
+
+    args.settings_obj = _settings(args, device=args.device, dtype=args.dtype)
+    return run_gif2gif(args, _generation_fields(args), _run_job)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

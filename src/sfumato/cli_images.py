@@ -1,4 +1,5 @@
-"""The `sfumato img2img` command: img2img, inpainting and outpainting from files or whole folders.
+"""`sfumato img2img` (img2img, inpainting and outpainting from files or whole folders) and
+`sfumato gif2gif` (every frame of an animation through img2img).
 
 Defaults are A1111's web UI's (masked content "original", inpaint area "whole picture", padding 32),
 not its API's. `--init DIR` runs every image in the folder, with the mask of the same name from
@@ -32,13 +33,25 @@ IMG2IMG_FLAG_FIELDS = {
 }
 
 
+def _strength_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strength", type=float, help="denoising strength 0..1 (default 0.75)")
+    p.add_argument("--resize-mode", choices=list(RESIZE_MODES), default="just-resize")
+    p.add_argument("--noise-multiplier", type=float, help="initial noise multiplier (default 1)")
+    p.add_argument("--image-cfg", type=float, help="instruct-pix2pix models: image CFG scale (default 1.5)")
+
+
+def add_gif2gif_parser(sub: argparse._SubParsersAction, generation_args: Callable) -> None:
+    p = sub.add_parser("gif2gif", help="run every frame of an animated GIF/APNG/WebP through img2img")
+    p.add_argument("animation", type=Path, help="the animation (GIF, APNG or WebP)")
+    generation_args(p, "img2img")
+    _strength_args(p)
+
+
 def add_img2img_parser(sub: argparse._SubParsersAction, generation_args: Callable) -> None:
     p = sub.add_parser("img2img", help="repaint an image: img2img, inpainting (--mask), outpainting")
     generation_args(p, "img2img")
     p.add_argument("--init", type=Path, required=True, help="the init image, or a folder of them")
-    p.add_argument("--strength", type=float, help="denoising strength 0..1 (default 0.75)")
-    p.add_argument("--resize-mode", choices=list(RESIZE_MODES), default="just-resize")
-    p.add_argument("--noise-multiplier", type=float, help="initial noise multiplier (default 1)")
+    _strength_args(p)
     inpaint = p.add_argument_group("inpainting")
     inpaint.add_argument(
         "--mask", type=Path, help="white = repaint (or a folder of masks named like the images)"
@@ -56,7 +69,6 @@ def add_img2img_parser(sub: argparse._SubParsersAction, generation_args: Callabl
         "--padding", type=int, default=32, help="padding of the box for --inpaint-area masked"
     )
     inpaint.add_argument("--mask-weight", type=float, help="inpainting models: conditioning mask strength")
-    p.add_argument("--image-cfg", type=float, help="instruct-pix2pix models: image CFG scale (default 1.5)")
     outpaint = p.add_argument_group("outpainting")
     outpaint.add_argument("--outpaint", type=int, metavar="PIXELS", help="extend the canvas by this much")
     outpaint.add_argument(
@@ -67,11 +79,13 @@ def add_img2img_parser(sub: argparse._SubParsersAction, generation_args: Callabl
 
 
 def img2img_fields(args: argparse.Namespace) -> dict[str, Any]:
-    fields = {field: getattr(args, flag) for flag, field in IMG2IMG_FLAG_FIELDS.items()}
+    fields = {field: getattr(args, flag, None) for flag, field in IMG2IMG_FLAG_FIELDS.items()}
     fields = {k: v for k, v in fields.items() if v is not None}
+    fields["resize_mode"] = RESIZE_MODES[args.resize_mode]
+    if not hasattr(args, "masked_content"):
+        return fields
     return {
         **fields,
-        "resize_mode": RESIZE_MODES[args.resize_mode],
         "inpainting_fill": MASKED_CONTENT[args.masked_content],
         "inpaint_full_res": args.inpaint_area == "masked",
         "inpainting_mask_invert": int(args.invert_mask),
@@ -151,3 +165,45 @@ def cmd_img2img(args: argparse.Namespace, base_fields: dict[str, Any], run: Call
         if code != 0:
             return code
     return 2 if failed else 0
+
+
+def cmd_gif2gif(args: argparse.Namespace, base_fields: dict[str, Any], run: Callable) -> int:
+    """Every frame through img2img with one seed and the same settings, saved as it is made; then the
+    animation with each frame's duration and the loop count. A frame that fails keeps its source
+    picture in the animation (with a message), so the others are never lost."""
+    from sfumato.app import Img2ImgJob
+    from sfumato.imaging.animation import save_animation
+    from sfumato.imaging.files import read_frames
+    from sfumato.output import images_folder, next_sequence_number
+    from sfumato.tasks.common import resolve_seed
+    from sfumato.tasks.img2img_inputs import Img2ImgInputs
+
+    fields = {**base_fields, **img2img_fields(args)}
+    if fields.get("batch_size", 1) != 1 or fields.get("n_iter", 1) != 1:
+        raise UserError("gif2gif makes one image per frame: leave --batch-size and --batch-count at 1")
+    fields["seed"] = resolve_seed(fields.get("seed", -1))
+    frames, durations, loop = read_frames(args.animation, "animation")
+    parent = args.out or images_folder(args.settings_obj.outputs, "img2img")
+    folder = parent / f"gif2gif-{next_sequence_number(parent):05d}-{args.animation.stem}"
+    made: list = []
+    manager = None
+    for index, frame in enumerate(frames):
+        print(f"sfumato: frame {index + 1}/{len(frames)}", file=sys.stderr)
+        try:
+            job = Img2ImgJob(
+                args.settings_obj, fields, Img2ImgInputs(frame), from_png=args.from_png, out_dir=folder,
+                manager=manager,
+            )  # fmt: skip
+            manager = job.manager
+            code = run(job, lambda saved: made.append(saved.image))
+        except UserError as exc:
+            if index == 0:
+                raise  # the settings themselves are wrong: every frame would fail the same way
+            print(f"sfumato: error: frame {index + 1}: {exc}; its source frame is kept", file=sys.stderr)
+            made.append(frame)
+            continue
+        if code != 0:
+            return code
+    path = save_animation(made, durations, loop, folder / f"{args.animation.stem}{args.animation.suffix}")
+    print(path, flush=True)
+    return 0

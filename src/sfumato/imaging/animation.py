@@ -1,0 +1,42 @@
+"""Writing animations (GIF, APNG, WebP) with the frame durations and loop count of their source."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from sfumato.errors import UserError
+
+FORMATS = {".gif": "GIF", ".png": "PNG", ".apng": "PNG", ".webp": "WEBP"}
+
+
+def save_animation(frames: list[Image.Image], durations: list[int], loop: int, path: Path) -> Path:
+    """Save `frames` as one animation at `path` (its suffix picks the format, GIF when unknown),
+    written to a temporary file first so a failed write leaves nothing half-made."""
+    if not frames:
+        raise UserError("no frames to save", field="animation")
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        path, fmt = path.with_suffix(".gif"), "GIF"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".saving-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            frames[0].save(
+                f,
+                format=fmt,
+                save_all=True,
+                append_images=frames[1:],
+                duration=durations[: len(frames)],
+                loop=loop,
+                disposal=2 if fmt == "GIF" else 0,
+            )
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"could not save the animation {path}: {exc.strerror or exc}") from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
