@@ -138,14 +138,16 @@ class Txt2ImgJob:
                 SavedImage(path, generated.index, generated.seed, generated.subseed, text, generated.image)
             )
 
+        planned = self.planned_steps()
+
         def step(progress: Progress) -> None:
-            if progress.total and bar.total != progress.total * self.request.n_iter:
-                bar.total = progress.total * self.request.n_iter  # img2img runs part of the steps
+            if planned is None and bar.n == 0 and progress.total:
+                bar.total = progress.total * self.request.n_iter  # known once sampling starts
                 bar.refresh()
             bar.update(1)
             on_step(progress)
 
-        total = self.request.steps * self.request.n_iter
+        total = (planned or self.request.steps) * self.request.n_iter
         with tqdm(total=total, desc=self.task, unit="step", leave=False) as bar:
             control = RunControl(
                 on_step=step, on_image=save, should_stop=should_stop, should_skip=should_skip
@@ -161,6 +163,12 @@ class Txt2ImgJob:
 
     def _generate(self, model: LoadedModel, control: RunControl, lookup: Callable) -> Txt2ImgResult:
         return generate(model, self.request, control, embedding_lookup=lookup)
+
+    def planned_steps(self) -> int | None:
+        """Sampler steps per image for the progress bar (None: known only once sampling starts)."""
+        request = self.request
+        hires = (request.hr_second_pass_steps or request.steps) if request.enable_hr else 0
+        return request.steps + hires
 
     def _embeddings_for(self, model: LoadedModel) -> tuple[Callable, list[str]]:
         """Token lookup for the user's embeddings that fit this model, and a note for each embedding the
@@ -218,3 +226,6 @@ class Img2ImgJob(Txt2ImgJob):
     def _generate(self, model: LoadedModel, control: RunControl, lookup: Callable) -> Txt2ImgResult:
         assert isinstance(self.request, Img2ImgRequest)
         return img2img(model, self.request, self.inputs, control, embedding_lookup=lookup)
+
+    def planned_steps(self) -> int | None:
+        return None  # A1111's img2img rule depends on the sampler: read off the first step

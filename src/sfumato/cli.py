@@ -33,7 +33,32 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _txt2img_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("txt2img", help="generate images from a prompt")
     _generation_args(p, "txt2img")
+    hires = p.add_argument_group("hires fix", "a second pass at a larger size")
+    hires.add_argument("--hires", action="store_const", const=True, help="turn the hires fix on")
+    hires.add_argument("--hires-scale", type=float, help="upscale by (default 2)")
+    hires.add_argument("--hires-width", type=int, help="resize to this width instead (0: from the height)")
+    hires.add_argument("--hires-height", type=int, help="resize to this height instead")
+    hires.add_argument("--hires-upscaler", help="Latent (default), Latent (bicubic), ..., Lanczos, Nearest")
+    hires.add_argument("--hires-steps", type=int, help="second-pass steps (default: as the first pass)")
+    hires.add_argument("--hires-sampler", help="second-pass sampler (default: the same)")
+    hires.add_argument("--hires-prompt", help="second-pass prompt (default: the same)")
+    hires.add_argument("--hires-negative", help="second-pass negative prompt (default: the same)")
+    hires.add_argument("--strength", type=float, help="second-pass denoising strength (default 0.75)")
     p.set_defaults(handler=cmd_txt2img)
+
+
+HIRES_FLAG_FIELDS = {
+    "hires": "enable_hr",
+    "hires_scale": "hr_scale",
+    "hires_width": "hr_resize_x",
+    "hires_height": "hr_resize_y",
+    "hires_upscaler": "hr_upscaler",
+    "hires_steps": "hr_second_pass_steps",
+    "hires_sampler": "hr_sampler_name",
+    "hires_prompt": "hr_prompt",
+    "hires_negative": "hr_negative_prompt",
+    "strength": "denoising_strength",
+}
 
 
 def _generation_args(p: argparse.ArgumentParser, task: str) -> None:
@@ -319,6 +344,8 @@ def cmd_txt2img(args: argparse.Namespace) -> int:
     from sfumato.app import Txt2ImgJob
 
     fields = _generation_fields(args)
+    hires = {field: getattr(args, flag) for flag, field in HIRES_FLAG_FIELDS.items()}
+    fields.update({k: v for k, v in hires.items() if v is not None})
     if args.from_png is None and "prompt" not in fields:
         raise UserError("a prompt is needed (or --from-png FILE)", field="prompt")
     settings = _settings(args, device=args.device, dtype=args.dtype)

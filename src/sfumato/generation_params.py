@@ -111,6 +111,10 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
         "mask_blur": ("Mask blur", _int),
         "inpaint_full_res_padding": ("Masked area padding", _int),
         "initial_noise_multiplier": ("Noise multiplier", _float),
+        "hr_scale": ("Hires upscale", _float),
+        "hr_second_pass_steps": ("Hires steps", _int),
+        "hr_resize_x": ("Hires resize-1", _int),
+        "hr_resize_y": ("Hires resize-2", _int),
     }
     for field, (key, convert) in numeric.items():
         if key in parsed and (value := convert(parsed[key])) is not None:
@@ -119,6 +123,7 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
         fields["subseed"] = _int(parsed["Variation seed"])
         fields["subseed_strength"] = strength
     _img2img_choices(parsed, fields)
+    _hires_choices(parsed, fields)
     if str(parsed.get("Pad conds", "")).lower() == "true":
         fields["pad_conds"] = True
     if parsed.get("Emphasis") in ("Original", "No norm", "None"):
@@ -139,3 +144,20 @@ def _img2img_choices(parsed: Mapping[str, Any], fields: dict[str, Any]) -> None:
         fields["inpaint_full_res"] = parsed.get("Inpaint area") == "Only masked"
         fields["inpainting_fill"] = MASKED_CONTENT_KEYS.get(str(parsed.get("Masked content", "original")), 1)
         fields["inpainting_mask_invert"] = int(parsed.get("Mask mode") == "Inpaint not masked")
+
+
+def _hires_choices(parsed: Mapping[str, Any], fields: dict[str, Any]) -> None:
+    """The hires fix is on when the infotext names its upscaler, scale or a resize."""
+    on = "Hires upscaler" in parsed or "Hires upscale" in parsed or fields.get("hr_resize_x", 0) > 0
+    if not on:
+        return
+    fields["enable_hr"] = True
+    for field, key in (
+        ("hr_upscaler", "Hires upscaler"),
+        ("hr_sampler_name", "Hires sampler"),
+        ("hr_scheduler", "Hires schedule type"),
+        ("hr_prompt", "Hires prompt"),
+        ("hr_negative_prompt", "Hires negative prompt"),
+    ):
+        if parsed.get(key) not in (None, "Use same sampler", "Use same scheduler"):
+            fields[field] = str(parsed[key])

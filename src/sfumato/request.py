@@ -44,6 +44,18 @@ class GenerationRequest(BaseModel):
     model: str | None = None  # checkpoint name, title, hash or path; None: the default model
     vae: str | None = None  # "Automatic" / None: the checkpoint's own or its x.vae.* file; "None": baked-in
     prediction: Literal["epsilon", "v_prediction"] | None = None  # override for SD2-style ambiguity
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)  # img2img, and txt2img's hires pass
+    # Hires fix (A1111's txt2img fields): a second, img2img-like pass at a larger size.
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1.0, le=8.0)
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = Field(0, ge=0, le=1000)  # 0: as many as the first pass
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)  # both set: resize to this size instead of hr_scale
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_sampler_name: str | None = None  # None / "Use same sampler"
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""  # "": the first pass's prompt
+    hr_negative_prompt: str = ""
 
     @field_validator("width", "height")
     @classmethod
@@ -61,7 +73,6 @@ class Img2ImgRequest(GenerationRequest):
 
     width/height default to the init image's size rounded down to the VAE's multiple."""
 
-    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     resize_mode: int = Field(0, ge=0, le=3)  # just resize, crop and resize, resize and fill, latent
     initial_noise_multiplier: float = Field(1.0, ge=0.0, le=10.0)
     mask_blur: int | None = Field(None, ge=0, le=256)  # sets both of the next two (A1111's API)

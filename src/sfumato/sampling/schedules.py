@@ -179,7 +179,13 @@ def unipc_grid_from(n: int, t_start: float, model: DiscreteSchedule) -> Tensor:
 
 
 def img2img_sigmas(
-    sigmas: Tensor, steps: int, strength: float, sampler: str, model: DiscreteSchedule
+    sigmas: Tensor,
+    steps: int,
+    strength: float,
+    sampler: str,
+    model: DiscreteSchedule,
+    *,
+    t_enc: int | None = None,
 ) -> tuple[Tensor, float]:
     """The part of a `steps`-step schedule img2img runs at denoising `strength`, and the sigma the init
     latents are noised to, by A1111's rule: t_enc = int(min(strength, 0.999) · steps).
@@ -189,11 +195,15 @@ def img2img_sigmas(
     one step fewer than asked), with the init noised one grid level above the first of them. UniPC runs
     t_enc steps on a grid of its own from just above the t_enc-th DDIM timestep (A1111 passes
     `t_start = t/1000 + 1/1000`), noised like DDIM. t_enc is at least 1 for them (A1111 fails at 0).
+
+    The hires pass gives `t_enc` itself: A1111 runs it with "exact steps" (a schedule of
+    int(N / strength) steps, t_enc = N − 1), see `tasks.hires`.
     """
     from sfumato.sampling.samplers import get_sampler
 
     spec = get_sampler(sampler)
-    t_enc = int(min(strength, 0.999) * steps)
+    if t_enc is None:
+        t_enc = int(min(strength, 0.999) * steps)
     if not spec.own_grid:
         schedule = sigmas[steps - t_enc - 1 :]
         return schedule, float(schedule[0])

@@ -18,6 +18,7 @@ from sfumato.sampling.discrete import DiscreteSchedule
 from sfumato.sampling.samplers import SamplerInfo, get_sampler, split_sampler_name
 from sfumato.sampling.schedules import get_schedule, make_sigmas
 from sfumato.tasks.common import RunControl, decode_latents, resolve_seed
+from sfumato.tasks.hires import hires_pass, plan_hires
 from sfumato.tasks.image_conditioning import image_guidance
 from sfumato.tasks.sampling_run import sample_latents
 
@@ -153,10 +154,18 @@ def generate(
     """Run a txt2img request: `n_iter` batches of `batch_size` images, seeds counting up from `seed`.
 
     `embedding_lookup(tokenizer)` finds textual-inversion embeddings in tokenized prompts. Inpainting
-    and pix2pix checkpoints get their "nothing to keep" image conditioning, as in A1111."""
+    and pix2pix checkpoints get their "nothing to keep" image conditioning, as in A1111. With
+    `enable_hr` each batch gets the hires fix's second pass (`tasks.hires`)."""
     control = control or RunControl()
     size = (request.width or model.native_size[0], request.height or model.native_size[1])
     job = prepare_job(model, request, size, embedding_lookup)
+    hires = None
+    if request.enable_hr:
+        hires = plan_hires(
+            request, size, model.vae_scale_factor, job.sampler.name, resolve_sampler(request)[1]
+        )
+        job.result.params = {k: v for k, v in hires.params(request).items() if v is not None}
+        job.result.size = size  # A1111's "Size" is the first pass's
     image = image_guidance(model, job.shape[1:], request.batch_size)
     for first, seeds, subseeds in job.batches():
         latents, interrupted = sample_latents(
@@ -172,6 +181,10 @@ def generate(
             first,
             image=image,
         )
+        if hires is not None and not interrupted:
+            latents, interrupted = hires_pass(
+                model, request, hires, job.plan.encoder, latents, seeds, subseeds, control, first
+            )
         job.emit(control, decode_latents(model, latents), first, seeds, subseeds, interrupted)
         if interrupted:
             break
