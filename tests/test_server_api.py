@@ -66,7 +66,8 @@ def test_txt2img_returns_png_with_infotext_and_a1111_info(url):
         ({"width": 65}, "width"),
         ({"cfg_scale": -1}, "cfg_scale"),
         ({"sampler_name": "Euler z"}, "sampler_name"),
-        ({"enable_hr": True}, "enable_hr"),
+        ({"enable_hr": True, "hr_upscaler": "Latent (bicubc)"}, "hr_upscaler"),
+        ({"tiling": True}, "tiling"),
         ({"override_settings": {"sd_model_checkpoint": "nope"}}, "sd_model_checkpoint"),
         ({"model": "/etc/hostname"}, "model"),
     ],
@@ -262,3 +263,55 @@ def test_ui_auth_guards_the_page_only_and_cors_allows_listed_origins(data_dir):
             base, "/sdapi/v1/options", {"samples_save": True}, headers={"origin": "https://evil.example"}
         )
         assert other.status_code == 403
+
+
+def test_txt2img_hires_fix(url):
+    body = {**TINY, "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 1, "denoising_strength": 0.5}
+    response = post(url, "/sdapi/v1/txt2img", body)
+    assert response.status_code == 200, response.text
+    image = decode_png(response.json()["images"][0])
+    assert image.size == (128, 128)
+    parsed = infotext.parse(image.info["parameters"])
+    assert parsed["Hires upscale"] == "2" and parsed["Denoising strength"] == "0.5"
+
+
+def test_img2img_and_inpainting(url):
+    picture = Image.effect_noise((64, 64), 60).convert("RGB")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 24, 24))
+    body = {
+        **TINY,
+        "init_images": [b64_png(picture)],
+        "mask": b64_png(mask),
+        "denoising_strength": 0.6,
+        "mask_blur": 0,
+        "inpainting_fill": 1,
+    }
+    response = post(url, "/sdapi/v1/img2img", body)
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    out = decode_png(payload["images"][0])
+    parsed = infotext.parse(out.info["parameters"])
+    assert parsed["Denoising strength"] == "0.6" and parsed["Inpaint area"] == "Only masked"
+    assert payload["parameters"]["init_images"] is None  # include_init_images is off
+    kept = out.convert("RGB").crop((32, 32, 64, 64)).tobytes()
+    assert kept == picture.crop((32, 32, 64, 64)).tobytes()
+    plain = post(url, "/sdapi/v1/img2img", {**TINY, "init_images": [b64_png(picture)]})
+    assert plain.status_code == 200 and decode_png(plain.json()["images"][0]).size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "init_images"),
+        ({"init_images": ["bm90IGFuIGltYWdl"]}, "init_images.0"),
+        ({"init_images": ["__PICTURE__"], "denoising_strength": 2}, "denoising_strength"),
+        ({"init_images": ["__PICTURE__"], "mask": "%%%"}, "mask"),
+    ],
+)
+def test_img2img_bad_input_is_422_naming_the_field(url, body, field):
+    picture = b64_png(Image.new("RGB", (64, 64), "white"))
+    body = {k: ([picture] if v == ["__PICTURE__"] else v) for k, v in body.items()}
+    response = post(url, "/sdapi/v1/img2img", {**TINY, **body})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field

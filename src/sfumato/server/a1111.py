@@ -8,7 +8,7 @@ settings, seeds), which is what makes a queued job survive a restart unchanged.
 Where we differ from A1111, on purpose:
 - an omitted `width`/`height` means the model's native size (512 for SD1 checkpoints, as in A1111;
   64 for the embedded default model);
-- asking for a feature this build does not have (hires fix, face restoration, tiling, scripts) is a
+- asking for a feature this build does not have (face restoration, tiling, scripts) is a
   422 naming the field instead of being silently ignored, so a client never gets an image it did not
   ask for.
 """
@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from sfumato import infotext
 from sfumato.errors import UserError
 from sfumato.pnginfo import read_metadata
-from sfumato.request import GenerationRequest, build_request
+from sfumato.request import GenerationRequest, Img2ImgRequest, validated
 from sfumato.sampling.samplers import SAMPLERS
 from sfumato.sampling.schedules import SCHEDULES
 from sfumato.server import listings
@@ -40,8 +40,8 @@ from sfumato.tasks.txt2img import resolve_sampler
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
 
 
-class Txt2ImgBody(GenerationRequest):
-    """A1111's `StableDiffusionTxt2ImgProcessingAPI` fields on top of the generation request."""
+class ApiOptions(BaseModel):
+    """A1111's API fields beside the generation settings, shared by txt2img and img2img."""
 
     styles: list[str] = Field(default_factory=list)
     override_settings: dict[str, Any] = Field(default_factory=dict)
@@ -49,12 +49,24 @@ class Txt2ImgBody(GenerationRequest):
     send_images: bool = True
     save_images: bool = False
     sampler_index: str | None = None
-    enable_hr: bool = False
     restore_faces: bool | None = None
     tiling: bool | None = None
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+
+
+class Txt2ImgBody(GenerationRequest, ApiOptions):
+    """A1111's `StableDiffusionTxt2ImgProcessingAPI`: the generation request plus the API options."""
+
+
+class Img2ImgBody(Img2ImgRequest, ApiOptions):
+    """A1111's `StableDiffusionImg2ImgProcessingAPI`. The first of `init_images` is used (A1111 too
+    paints one init per batch unless a script spreads several); `mask` white = repaint."""
+
+    init_images: list[str] = Field(default_factory=list, description="base64 images")
+    mask: str | None = Field(None, description="base64 mask, white = repaint")
+    include_init_images: bool = False
 
 
 class TextToImageResponse(BaseModel):
@@ -106,10 +118,9 @@ class PNGInfoResponse(BaseModel):
     parameters: dict[str, Any]
 
 
-def unsupported_features(body: Txt2ImgBody) -> None:
+def unsupported_features(body: ApiOptions) -> None:
     """Refuse, naming the field, features this build cannot honour yet."""
     wanted = {
-        "enable_hr": body.enable_hr,
         "restore_faces": bool(body.restore_faces),
         "tiling": bool(body.tiling),
         "script_name": bool(body.script_name),
@@ -120,11 +131,13 @@ def unsupported_features(body: Txt2ImgBody) -> None:
             raise UserError(f"{field}: not supported by this version of sfumato", field=field)
 
 
-def generation_fields(body: Txt2ImgBody, state: ServerState) -> dict[str, Any]:
+def generation_fields(
+    body: Txt2ImgBody | Img2ImgBody, state: ServerState, kind: type[GenerationRequest] = GenerationRequest
+) -> dict[str, Any]:
     """The job's fully resolved request: options < override_settings < the body's own fields."""
     overrides = state.options.validated(body.override_settings)
     base = {**request_fields(state.options.snapshot()), **request_fields(overrides)}
-    own = body.model_dump(include=set(GenerationRequest.model_fields) & body.model_fields_set)
+    own = body.model_dump(include=set(kind.model_fields) & body.model_fields_set)
     if "sampler_name" not in own and body.sampler_index:
         own["sampler_name"] = body.sampler_index
     fields = {**base, **own}
@@ -133,7 +146,7 @@ def generation_fields(body: Txt2ImgBody, state: ServerState) -> dict[str, Any]:
         fields["model"] = str(state.checkpoint_in_folders(fields["model"], "model"))
     if fields.get("vae") and fields["vae"].lower() not in ("automatic", "none"):
         fields["vae"] = str(state.vae_in_folders(fields["vae"], "vae"))
-    request = build_request(**fields)
+    request = validated(kind, fields)
     resolve_sampler(request)  # an unknown sampler fails now, not in the queue
     request.seed = resolve_seed(request.seed)
     request.subseed = resolve_seed(request.subseed)
@@ -147,19 +160,39 @@ async def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
     state: ServerState = request.app.state.sfumato
     unsupported_features(body)
     generation = await run_in_threadpool(generation_fields, body, state)  # scans folders, may hash
-    job_request = {"generation": generation, "save_images": body.save_images, "styles": body.styles}
-    job = await state.run_job("txt2img", job_request)
+    return await _generate(state, "txt2img", body, {"generation": generation})
+
+
+@router.post("/img2img", response_model=TextToImageResponse)
+async def img2img(body: Img2ImgBody, request: Request) -> dict[str, Any]:
+    """img2img and inpainting. The init image and mask travel in the job (as PNG base64), so a
+    queued job survives a restart like a txt2img one."""
+    state: ServerState = request.app.state.sfumato
+    unsupported_features(body)
+    if not body.init_images:
+        raise UserError("init_images: at least one image is needed", field="init_images")
+    image, _ = await run_in_threadpool(decode_image, body.init_images[0], "init_images.0")
+    mask = await run_in_threadpool(decode_image, body.mask, "mask") if body.mask else None
+    generation = await run_in_threadpool(generation_fields, body, state, Img2ImgRequest)
+    inputs = {"init_image": encode_png(image), "mask": encode_png(mask[0]) if mask else None}
+    response = await _generate(state, "img2img", body, {"generation": generation, "inputs": inputs})
+    if not body.include_init_images:
+        response["parameters"]["init_images"] = None
+        response["parameters"]["mask"] = None
+    return response
+
+
+async def _generate(
+    state: ServerState, kind: str, body: ApiOptions, job_request: dict[str, Any]
+) -> dict[str, Any]:
+    job_request = {**job_request, "save_images": body.save_images, "styles": body.styles}
+    job = await state.run_job(kind, job_request)
     images = await run_in_threadpool(state.job_images, job) if body.send_images else []
     return {
         "images": images,
         "parameters": body.model_dump(mode="json"),
         "info": json.dumps(job.info or {}),
     }
-
-
-@router.post("/img2img")
-def img2img() -> None:
-    raise UserError("img2img: not available in this version of sfumato yet", field="init_images")
 
 
 def _extras(options: ExtrasOptions, data: str, field: str) -> tuple[str, str]:

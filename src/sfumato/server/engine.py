@@ -18,13 +18,15 @@ import torch
 from PIL import Image
 
 from sfumato import infotext
-from sfumato.app import SavedImage, Txt2ImgJob, make_manager
+from sfumato.app import Img2ImgJob, SavedImage, Txt2ImgJob, make_manager
 from sfumato.models.loader import LoadedModel
 from sfumato.output import images_folder
+from sfumato.server.images import decode_image
 from sfumato.server.jobs import ImageRecord, Job, JobStore
 from sfumato.server.preview import LatentPreviewer
 from sfumato.settings import Settings
 from sfumato.tasks.common import Progress
+from sfumato.tasks.img2img_inputs import Img2ImgInputs
 
 SFUMATO_VERSION = "sfumato 0.1.0"
 
@@ -103,14 +105,12 @@ class Engine:
 
     def run(self, job: Job, store: JobStore, control: JobControl) -> tuple[str, dict[str, Any]]:
         """Run a job to its end; returns (final state, A1111 info). UserErrors propagate."""
-        if job.kind != "txt2img":
+        if job.kind not in ("txt2img", "img2img"):
             raise ValueError(f"unknown job kind {job.kind!r}")
         fields = dict(job.request["generation"])
         saved_before = {record.index for record in store.images_of(job.id)}
         with self.lock:
-            task = Txt2ImgJob(
-                self.settings, fields, out_dir=job_folder(self.settings, job), manager=self.manager
-            )
+            task = self._task(job, fields)
             request = task.request
             self.live.start(job.id, request.n_iter, request.batch_size)
 
@@ -147,6 +147,15 @@ class Engine:
                 self.live.stop()
         state = "interrupted" if task.interrupted else "done"
         return state, a1111_info(job, store.images_of(job.id))
+
+    def _task(self, job: Job, fields: dict[str, Any]) -> Txt2ImgJob:
+        options = {"out_dir": job_folder(self.settings, job), "manager": self.manager}
+        if job.kind == "txt2img":
+            return Txt2ImgJob(self.settings, fields, **options)
+        inputs = job.request["inputs"]
+        image, _ = decode_image(inputs["init_image"], "init_images.0")
+        mask = decode_image(inputs["mask"], "mask")[0] if inputs.get("mask") else None
+        return Img2ImgJob(self.settings, fields, Img2ImgInputs(image, mask), **options)
 
     def _on_step(self, progress: Progress) -> None:
         with self.live.lock:
