@@ -16,6 +16,9 @@ $(BIN)/sfumato: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# spandrel (model upscalers, LaMa) without its torchvision requirement: PyPI's torchvision is a CUDA
+	# build that breaks a CPU torch, and spandrel runs without it (sfumato/upscalers/spandrel_import.py)
+	$(BIN)/python -m pip install -q --no-deps "spandrel>=0.4.2" "einops>=0.7"
 	touch $(BIN)/sfumato
 
 setup: $(BIN)/sfumato

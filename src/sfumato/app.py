@@ -33,6 +33,7 @@ from sfumato.tasks.common import Progress, RunControl
 from sfumato.tasks.img2img import img2img
 from sfumato.tasks.img2img_inputs import Img2ImgInputs
 from sfumato.tasks.txt2img import GeneratedImage, Txt2ImgResult, generate, resolve_sampler
+from sfumato.upscalers.models import ImageModels
 
 
 def request_from_png(path: Path, manager: ModelManager) -> dict[str, Any]:
@@ -105,6 +106,7 @@ class Txt2ImgJob:
         resolve_sampler(self.request)  # fail on a bad sampler name before loading any model
         self.out_dir = out_dir
         self.interrupted = False
+        self.upscalers = ImageModels(settings, "upscalers", self.manager.device)
 
     def run(
         self,
@@ -162,7 +164,7 @@ class Txt2ImgJob:
         return saved
 
     def _generate(self, model: LoadedModel, control: RunControl, lookup: Callable) -> Txt2ImgResult:
-        return generate(model, self.request, control, embedding_lookup=lookup)
+        return generate(model, self.request, control, embedding_lookup=lookup, upscalers=self.upscalers)
 
     def planned_steps(self) -> int | None:
         """Sampler steps per image for the progress bar (None: known only once sampling starts)."""

@@ -38,7 +38,10 @@ def _txt2img_parser(sub: argparse._SubParsersAction) -> None:
     hires.add_argument("--hires-scale", type=float, help="upscale by (default 2)")
     hires.add_argument("--hires-width", type=int, help="resize to this width instead (0: from the height)")
     hires.add_argument("--hires-height", type=int, help="resize to this height instead")
-    hires.add_argument("--hires-upscaler", help="Latent (default), Latent (bicubic), ..., Lanczos, Nearest")
+    hires.add_argument(
+        "--hires-upscaler",
+        help="Latent (default), Latent (bicubic), ..., Lanczos, Nearest, or a model in models/ESRGAN",
+    )
     hires.add_argument("--hires-steps", type=int, help="second-pass steps (default: as the first pass)")
     hires.add_argument("--hires-sampler", help="second-pass sampler (default: the same)")
     hires.add_argument("--hires-prompt", help="second-pass prompt (default: the same)")

@@ -11,15 +11,20 @@ from PIL import Image
 
 from sfumato.errors import UserError
 from sfumato.imaging.files import read_image
+from sfumato.settings import Settings
 
 
 def add_extras_parsers(sub: argparse._SubParsersAction, add_common) -> None:
     up = sub.add_parser("upscale", help="resize an image with an upscaler (the Extras tab)")
     up.add_argument("image", type=Path)
-    up.add_argument("--upscaler", default="Lanczos", help="Lanczos, Nearest or None")
+    up.add_argument(
+        "--upscaler", default="Lanczos", help="Lanczos, Nearest, None, or a model in models/ESRGAN by name"
+    )
     up.add_argument("--scale", type=float, default=2.0, help="factor (default 2)")
     up.add_argument("--width", type=int, help="resize to this size instead (with --height)")
     up.add_argument("--height", type=int)
+    up.add_argument("--tile", type=int, default=192, help="model upscalers: tile side in pixels (0: whole)")
+    up.add_argument("--tile-overlap", type=int, default=16, help="model upscalers: context around a tile")
     up.add_argument("--out", type=Path, help="folder (default outputs/extras-images/DATE)")
     add_common(up)
     up.set_defaults(handler=cmd_upscale)
@@ -34,26 +39,37 @@ def add_extras_parsers(sub: argparse._SubParsersAction, add_common) -> None:
     clean.set_defaults(handler=cmd_clean)
 
 
-def _save(args: argparse.Namespace, image: Image.Image, parameters: str) -> int:
-    from sfumato.output import images_folder, save_png
+def _settings(args: argparse.Namespace) -> Settings:
     from sfumato.settings import load_settings
 
-    settings = load_settings({"data_dir": args.data_dir}, settings_file=args.settings)
-    folder = args.out or images_folder(settings.outputs, "extras")
+    return load_settings({"data_dir": args.data_dir}, settings_file=args.settings)
+
+
+def _save(args: argparse.Namespace, image: Image.Image, parameters: str) -> int:
+    from sfumato.output import images_folder, save_png
+
+    folder = args.out or images_folder(_settings(args).outputs, "extras")
     print(save_png(image, folder, None, parameters), flush=True)
     return 0
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from sfumato.tasks.extras import ResizeTarget, upscale
+    from sfumato.devices import pick_device
+    from sfumato.tasks.extras import ResizeTarget, Tiling, upscale
+    from sfumato.upscalers.models import ImageModels
 
     if (args.width is None) != (args.height is None):
         raise UserError("--width and --height go together", field="width")
     if args.scale <= 0 or (args.width is not None and min(args.width, args.height) < 1):
         raise UserError("--scale, --width and --height must be positive", field="scale")
+    if args.tile < 0 or args.tile_overlap < 0:
+        raise UserError("--tile and --tile-overlap must be 0 or more", field="tile")
     image = read_image(args.image, "image")
+    settings = _settings(args)
+    models = ImageModels(settings, "upscalers", pick_device(settings.device))
     target = ResizeTarget(scale=args.scale, width=args.width, height=args.height)
-    result = upscale(image, target, upscaler_1=args.upscaler)
+    tiling = Tiling(args.tile, args.tile_overlap)
+    result = upscale(image, target, upscaler_1=args.upscaler, models=models, tiling=tiling)
     size = f"{args.width}x{args.height}" if args.width else None
     parameters = ", ".join(
         f"{key}: {value}"

@@ -31,6 +31,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "hypernetworks": ("models/hypernetworks",),
     "controlnet": ("models/ControlNet", "models/controlnet"),
     "upscalers": ("models/ESRGAN", "models/RealESRGAN", "models/upscale_models"),
+    "inpaint": ("models/inpaint",),  # LaMa/MAT-style object removers (ComfyUI's folder name)
 }
 
 

@@ -87,10 +87,17 @@ def _check_safetensors_length(path: Path) -> None:
         )
 
 
+WRAPPER_KEYS = ("state_dict", "params_ema", "params")  # Lightning; BasicSR (ESRGAN family) EMA or not
+
+
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    """Old checkpoints nest the weights under 'state_dict' (Lightning) or 'model'."""
-    while isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    """Old checkpoints nest the weights under 'state_dict' (Lightning); BasicSR's upscalers under
+    'params_ema' (preferred, as their authors recommend) or 'params'."""
+    while isinstance(obj, dict):
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            break
+        obj = obj[key]
     if not isinstance(obj, dict):
         raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not a dictionary of tensors")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}

@@ -11,7 +11,7 @@ opposite of img2img, which runs about s·N of N).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,10 @@ from sfumato.sampling.discrete import DiscreteSchedule
 from sfumato.sampling.samplers import get_sampler, split_sampler_name
 from sfumato.sampling.schedules import get_schedule, img2img_sigmas, make_sigmas
 from sfumato.tasks.common import RunControl, decode_latents, encode_pixels, image_to_pixels
-from sfumato.tasks.extras import FILTERS, ResizeTarget, upscale
+from sfumato.tasks.extras import FILTERS, ResizeTarget, upscale, upscaler_names
 from sfumato.tasks.image_conditioning import image_guidance
 from sfumato.tasks.sampling_run import LatentStart, sample_latents
+from sfumato.upscalers.models import ImageModels
 
 # name -> (torch interpolation mode, antialias): A1111's latent upscale modes
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
@@ -40,8 +41,9 @@ LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
 SAME = ("", "Use same sampler", "Use same scheduler")
 
 
-def hires_upscaler_names() -> list[str]:
-    return [*LATENT_UPSCALERS, *(name for name in FILTERS if name != "None")]
+def hires_upscaler_names(models: ImageModels | None = None) -> list[str]:
+    """A1111's list: the latent modes, then the image upscalers (filters and model files)."""
+    return [*LATENT_UPSCALERS, *(name for name in upscaler_names(models) if name != "None")]
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class HiresPlan:
     schedule: str
     prompt: str
     negative_prompt: str
+    models: ImageModels | None = field(default=None, compare=False)  # model upscalers, by name
 
     def params(self, request: GenerationRequest) -> dict[str, object]:
         """The infotext keys A1111 writes for the pass."""
@@ -82,12 +85,18 @@ def _number(value: float) -> int | float:
 
 
 def plan_hires(
-    request: GenerationRequest, size: tuple[int, int], factor: int, sampler: str, schedule: str
+    request: GenerationRequest,
+    size: tuple[int, int],
+    factor: int,
+    sampler: str,
+    schedule: str,
+    models: ImageModels | None = None,
 ) -> HiresPlan:
     """Target size by A1111's rules: `hr_scale` times the first pass, or `hr_resize_x/y` (one of them:
     keep the aspect; both: cover that size and crop the overflow)."""
-    if request.hr_upscaler not in LATENT_UPSCALERS and request.hr_upscaler not in FILTERS:
-        raise unknown_name("hires upscaler", request.hr_upscaler, hires_upscaler_names(), field="hr_upscaler")
+    name = request.hr_upscaler
+    if name not in LATENT_UPSCALERS and name not in FILTERS and (models is None or models.find(name) is None):
+        raise unknown_name("hires upscaler", name, hires_upscaler_names(models), field="hr_upscaler")
     width, height = size
     rx, ry = request.hr_resize_x, request.hr_resize_y
     crop = (0, 0)
@@ -120,11 +129,17 @@ def plan_hires(
         schedule_name,
         request.hr_prompt or request.prompt,
         request.hr_negative_prompt or request.negative_prompt,
+        models,
     )
 
 
 def upscale_latents(
-    model: LoadedModel, latents: torch.Tensor, upscaler: str, width: int, height: int
+    model: LoadedModel,
+    latents: torch.Tensor,
+    upscaler: str,
+    width: int,
+    height: int,
+    models: ImageModels | None = None,
 ) -> torch.Tensor:
     """The first pass's latents at the hires size, by a latent mode or through pixels."""
     factor = model.vae_scale_factor
@@ -134,7 +149,9 @@ def upscale_latents(
             latents, size=(height // factor, width // factor), mode=mode, antialias=antialias
         )
     target = ResizeTarget(width=width, height=height, crop=False)
-    images = [upscale(image, target, upscaler_1=upscaler) for image in decode_latents(model, latents)]
+    images = [
+        upscale(image, target, upscaler_1=upscaler, models=models) for image in decode_latents(model, latents)
+    ]
     return encode_pixels(model, torch.cat([image_to_pixels(image) for image in images]))
 
 
@@ -151,7 +168,7 @@ def hires_pass(
 ) -> tuple[torch.Tensor, bool]:
     """The second pass over one batch's first-pass latents; returns (latents, interrupted)."""
     factor = model.vae_scale_factor
-    upscaled = upscale_latents(model, latents, request.hr_upscaler, plan.width, plan.height)
+    upscaled = upscale_latents(model, latents, request.hr_upscaler, plan.width, plan.height, plan.models)
     shape = (model.latent_channels, plan.height // factor, plan.width // factor)
     if request.denoising_strength == 0:
         return _cropped(upscaled, plan.crop), False

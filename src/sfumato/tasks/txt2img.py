@@ -21,6 +21,7 @@ from sfumato.tasks.common import RunControl, decode_latents, resolve_seed
 from sfumato.tasks.hires import hires_pass, plan_hires
 from sfumato.tasks.image_conditioning import image_guidance
 from sfumato.tasks.sampling_run import sample_latents
+from sfumato.upscalers.models import ImageModels
 
 
 @dataclass
@@ -150,19 +151,21 @@ def generate(
     control: RunControl | None = None,
     *,
     embedding_lookup: Callable[[object], EmbeddingLookup] | None = None,
+    upscalers: ImageModels | None = None,
 ) -> Txt2ImgResult:
     """Run a txt2img request: `n_iter` batches of `batch_size` images, seeds counting up from `seed`.
 
     `embedding_lookup(tokenizer)` finds textual-inversion embeddings in tokenized prompts. Inpainting
     and pix2pix checkpoints get their "nothing to keep" image conditioning, as in A1111. With
-    `enable_hr` each batch gets the hires fix's second pass (`tasks.hires`)."""
+    `enable_hr` each batch gets the hires fix's second pass (`tasks.hires`), whose image upscaler may be
+    one of the `upscalers` model files."""
     control = control or RunControl()
     size = (request.width or model.native_size[0], request.height or model.native_size[1])
     job = prepare_job(model, request, size, embedding_lookup)
     hires = None
     if request.enable_hr:
         hires = plan_hires(
-            request, size, model.vae_scale_factor, job.sampler.name, resolve_sampler(request)[1]
+            request, size, model.vae_scale_factor, job.sampler.name, resolve_sampler(request)[1], upscalers
         )
         job.result.params = {k: v for k, v in hires.params(request).items() if v is not None}
         job.result.size = size  # A1111's "Size" is the first pass's
