@@ -32,8 +32,20 @@ def add_extras_parsers(sub: argparse._SubParsersAction, add_common) -> None:
     clean = sub.add_parser("clean", help="remove what the mask covers, painted from its surroundings")
     clean.add_argument("image", type=Path)
     clean.add_argument("--mask", type=Path, required=True, help="white = remove")
-    clean.add_argument("--method", default="telea", help="telea (default) or ns (Navier-Stokes)")
-    clean.add_argument("--radius", type=int, default=3, help="neighbourhood radius in pixels")
+    clean.add_argument(
+        "--method",
+        default="telea",
+        help="telea (default), ns (Navier-Stokes), sd (inpaint with a checkpoint), or a model in "
+        "models/inpaint (LaMa) by name",
+    )
+    clean.add_argument("--radius", type=int, default=3, help="telea/ns: neighbourhood radius in pixels")
+    sd = clean.add_argument_group("--method sd", "img2img inpainting over a Telea fill")
+    sd.add_argument("--prompt", default="", help="what should be there instead (default: nothing said)")
+    sd.add_argument("--negative", default="", help="negative prompt")
+    sd.add_argument("--model", help="checkpoint (default: the default model)")
+    sd.add_argument("--strength", type=float, default=0.75, help="denoising strength (default 0.75)")
+    sd.add_argument("--steps", type=int, default=20)
+    sd.add_argument("--seed", type=int, default=-1)
     clean.add_argument("--out", type=Path, help="folder (default outputs/extras-images/DATE)")
     add_common(clean)
     clean.set_defaults(handler=cmd_clean)
@@ -84,11 +96,48 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from sfumato.tasks.clean import clean_image
+    from sfumato.devices import pick_device
+    from sfumato.tasks.clean import SD_METHOD, clean_image
+    from sfumato.upscalers.models import ImageModels
 
     image = read_image(args.image, "image")
     mask = read_image(args.mask, "mask")
-    result, notes = clean_image(image, mask, method=args.method, radius=args.radius)
+    if args.method == SD_METHOD:
+        return _clean_with_checkpoint(args, image, mask)
+    settings = _settings(args)
+    models = ImageModels(settings, "inpaint", pick_device(settings.device))
+    result, notes = clean_image(image, mask, method=args.method, radius=args.radius, models=models)
     for note in notes:
         print(f"sfumato: {note}", file=sys.stderr)
-    return _save(args, result, f"Clean method: {args.method}, Clean radius: {args.radius}")
+    radius = f", Clean radius: {args.radius}" if args.method in ("telea", "ns") else ""
+    return _save(args, result, f"Clean method: {args.method}{radius}")
+
+
+def _clean_with_checkpoint(args: argparse.Namespace, image: Image.Image, mask: Image.Image) -> int:
+    """Telea's fill as the starting picture, then A1111-style inpainting of the masked area only
+    ("original" masked content: the fill is what the sampler starts from)."""
+    from sfumato.app import Img2ImgJob
+    from sfumato.cli import _run_job
+    from sfumato.output import images_folder
+    from sfumato.tasks.clean import clean_image, fit_mask
+    from sfumato.tasks.img2img_inputs import Img2ImgInputs
+
+    mask, notes = fit_mask(mask, image.size)
+    filled, _ = clean_image(image, mask, method="telea", radius=args.radius)
+    for note in notes:
+        print(f"sfumato: {note}", file=sys.stderr)
+    fields = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative,
+        "model": args.model,
+        "denoising_strength": args.strength,
+        "steps": args.steps,
+        "seed": args.seed,
+        "inpainting_fill": 1,
+        "inpaint_full_res": True,
+        "inpaint_full_res_padding": 32,
+        "mask_blur": 4,
+    }
+    settings = _settings(args)
+    folder = args.out or images_folder(settings.outputs, "extras")
+    return _run_job(Img2ImgJob(settings, fields, Img2ImgInputs(filled, mask), out_dir=folder))
