@@ -30,8 +30,10 @@ from sfumato.prompts.encode import encoder_widths
 from sfumato.request import GenerationRequest, Img2ImgRequest, validated
 from sfumato.settings import Settings
 from sfumato.tasks.common import Progress, RunControl
+from sfumato.tasks.extras import check_upscaler
 from sfumato.tasks.img2img import img2img
 from sfumato.tasks.img2img_inputs import Img2ImgInputs
+from sfumato.tasks.sd_upscale import SdUpscale, sd_upscale
 from sfumato.tasks.txt2img import GeneratedImage, Txt2ImgResult, generate, resolve_sampler
 from sfumato.upscalers.models import ImageModels
 
@@ -231,3 +233,28 @@ class Img2ImgJob(Txt2ImgJob):
 
     def planned_steps(self) -> int | None:
         return None  # A1111's img2img rule depends on the sampler: read off the first step
+
+
+class SdUpscaleJob(Img2ImgJob):
+    """A1111's SD upscale script: the init image upscaled, then redrawn tile by tile (`tasks.sd_upscale`)."""
+
+    def __init__(
+        self, settings: Settings, fields: dict[str, Any], inputs: Img2ImgInputs, options: SdUpscale, **kw: Any
+    ):
+        if inputs.mask is not None:
+            raise UserError("SD upscale redraws the whole picture: it takes no mask", field="mask")
+        super().__init__(settings, fields, inputs, **kw)
+        check_upscaler(options.upscaler, self.upscalers, "upscaler")
+        self.options = options
+
+    def _generate(self, model: LoadedModel, control: RunControl, lookup: Callable) -> Txt2ImgResult:
+        assert isinstance(self.request, Img2ImgRequest)
+        return sd_upscale(
+            model,
+            self.request,
+            self.inputs.image,
+            self.options,
+            control,
+            models=self.upscalers,
+            embedding_lookup=lookup,
+        )

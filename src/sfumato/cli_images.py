@@ -76,6 +76,10 @@ def add_img2img_parser(sub: argparse._SubParsersAction, generation_args: Callabl
     )
     outpaint.add_argument("--outpaint-fill", choices=list(OUTPAINT_FILLS), default="edge")
     outpaint.add_argument("--outpaint-colour", default="#808080", help="for --outpaint-fill colour")
+    sd_up = p.add_argument_group("SD upscale", "upscale, then redraw in tiles of --width x --height")
+    sd_up.add_argument("--sd-upscale", type=float, metavar="SCALE", help="turn it on: upscale by SCALE")
+    sd_up.add_argument("--sd-upscale-upscaler", default="Lanczos", help="Lanczos, Nearest, None or a model")
+    sd_up.add_argument("--sd-upscale-overlap", type=int, default=64, help="tile overlap in pixels")
 
 
 def img2img_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,18 +144,17 @@ def load_inputs(args: argparse.Namespace, image_path: Path, mask_path: Path | No
 
 def cmd_img2img(args: argparse.Namespace, base_fields: dict[str, Any], run: Callable) -> int:
     """Run every init image; returns the exit code (2 when any image failed, after the others ran)."""
-    from sfumato.app import Img2ImgJob
-
     fields = {**base_fields, **img2img_fields(args)}
     if args.from_png is None and "prompt" not in fields:
         fields["prompt"] = ""  # img2img without a prompt is a common first try: allowed, as in A1111
+    make_job = _job_maker(args)
     pairs = init_files(args)
     manager = None
     failed = 0
     for image_path, mask_path in pairs:
         try:
             inputs = load_inputs(args, image_path, mask_path, fields.get("seed", 0) or 0)
-            job = Img2ImgJob(
+            job = make_job(
                 args.settings_obj, fields, inputs, from_png=args.from_png, out_dir=args.out, manager=manager
             )
         except UserError as exc:
@@ -165,6 +168,23 @@ def cmd_img2img(args: argparse.Namespace, base_fields: dict[str, Any], run: Call
         if code != 0:
             return code
     return 2 if failed else 0
+
+
+def _job_maker(args: argparse.Namespace) -> Callable:
+    """Img2ImgJob, or with --sd-upscale the SD upscale script's job."""
+    from functools import partial
+
+    from sfumato.app import Img2ImgJob, SdUpscaleJob
+    from sfumato.tasks.sd_upscale import SdUpscale
+
+    if args.sd_upscale is None:
+        return Img2ImgJob
+    if not 1 <= args.sd_upscale <= 8:
+        raise UserError("--sd-upscale: the scale must be from 1 to 8", field="scale")
+    if args.outpaint:
+        raise UserError("--sd-upscale and --outpaint do not go together", field="sd_upscale")
+    options = SdUpscale(args.sd_upscale_upscaler, args.sd_upscale, args.sd_upscale_overlap)
+    return partial(SdUpscaleJob, options=options)
 
 
 def cmd_gif2gif(args: argparse.Namespace, base_fields: dict[str, Any], run: Callable) -> int:

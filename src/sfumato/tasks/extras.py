@@ -52,6 +52,12 @@ def upscaler_names(models: ImageModels | None = None) -> list[str]:
     return [*FILTERS, *(models.names() if models else [])]
 
 
+def check_upscaler(name: str, models: ImageModels | None, field: str) -> None:
+    """Fail early (before any model loads) on an upscaler name that is neither a filter nor a file."""
+    if name not in FILTERS and (models is None or models.find(name) is None):
+        raise unknown_name("upscaler", name, upscaler_names(models), field=field)
+
+
 def _fit(
     image: Image.Image, target: ResizeTarget, width: int, height: int, method: Image.Resampling
 ) -> Image.Image:
@@ -77,8 +83,8 @@ def _resample(
     if name in FILTERS:
         method = FILTERS[name]
         return image.copy() if method is None else _fit(image, target, width, height, method)
-    if models is None or models.find(name) is None:
-        raise unknown_name("upscaler", name, upscaler_names(models), field=field)
+    check_upscaler(name, models, field)
+    assert models is not None
     model = models.get(name, field=field)
     if target.width and target.height and target.crop:  # cover the box, then crop
         ratio = max(width / image.width, height / image.height)
