@@ -3,6 +3,8 @@ and the whole job from the CLI."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,8 +20,8 @@ def test_tiles_cover_the_picture_evenly_with_the_overlap():
     lefts = sorted({b[0] for b in boxes})
     tops = sorted({b[1] for b in boxes})
     assert lefts[0] == 0 and max(b[2] for b in boxes) == 700 and max(b[3] for b in boxes) == 300
-    assert all(b - a <= 256 - 32 for a, b in zip(lefts, lefts[1:], strict=False))  # at least the overlap
-    assert all(b - a <= 128 - 32 for a, b in zip(tops, tops[1:], strict=False))
+    assert all(b - a <= 256 - 32 for a, b in itertools.pairwise(lefts))  # at least the overlap
+    assert all(b - a <= 128 - 32 for a, b in itertools.pairwise(tops))
     assert tile_boxes(100, 80, 128, 128, 64) == [(0, 0, 100, 80)]  # smaller than a tile: one tile
     with pytest.raises(UserError, match="overlap"):
         tile_boxes(1000, 1000, 128, 128, 128)
