@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -156,6 +158,8 @@ def test_list_endpoints(url):
     assert get("prompt-styles") == []
     assert "DPM++ 2M" in [s["name"] for s in get("samplers")]
     assert [u["name"] for u in get("upscalers")][:2] == ["None", "Lanczos"]
+    modes = [m["name"] for m in get("latent-upscale-modes")]
+    assert modes[0] == "Latent" and "Latent (nearest-exact)" in modes and len(modes) == 6
     assert get("memory")["ram"]["total"] > 0
     assert get("cmd-flags")["listen"] is False
     assert get("progress")["progress"] == 0.0
@@ -313,5 +317,147 @@ def test_img2img_bad_input_is_422_naming_the_field(url, body, field):
     picture = b64_png(Image.new("RGB", (64, 64), "white"))
     body = {k: ([picture] if v == ["__PICTURE__"] else v) for k, v in body.items()}
     response = post(url, "/sdapi/v1/img2img", {**TINY, **body})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+
+
+def test_webuiapi_img2img_with_and_without_a_mask(url):
+    port = int(url.rsplit(":", 1)[1])
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler", steps=2)
+    picture = Image.effect_noise((64, 64), 60).convert("RGB")
+    plain = api.img2img(images=[picture], prompt="a cat", seed=7, width=64, height=64, denoising_strength=0.5)
+    assert plain.image.size == (64, 64) and plain.info["seed"] == 7
+    assert "Denoising strength: 0.5" in plain.info["infotexts"][0]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (40, 40, 64, 64))
+    inpainted = api.img2img(
+        images=[picture],
+        mask_image=mask,
+        inpainting_fill=1,
+        mask_blur=0,
+        inpaint_full_res=False,
+        prompt="a cat",
+        seed=7,
+        width=64,
+        height=64,
+    )
+    out = inpainted.image.convert("RGB")
+    assert out.size == (64, 64)
+    assert out.crop((0, 0, 40, 64)).tobytes() == picture.crop((0, 0, 40, 64)).tobytes()  # unmasked kept
+    assert out.crop((40, 40, 64, 64)).tobytes() != picture.crop((40, 40, 64, 64)).tobytes()
+    assert "Mask blur: 0" in inpainted.info["infotexts"][0]
+
+
+OUTPAINT = "Poor man's outpainting"
+
+
+def test_img2img_outpainting_script(url):
+    picture = Image.effect_noise((64, 64), 60).convert("RGB")
+    body = {**TINY, "init_images": [b64_png(picture)], "script_name": OUTPAINT, "denoising_strength": 1}
+    sides = post(url, "/sdapi/v1/img2img", {**body, "script_args": [32, 0, 1, ["left", "right"]]})
+    assert sides.status_code == 200, sides.text
+    wide = decode_png(sides.json()["images"][0]).convert("RGB")
+    assert wide.size == (128, 64)  # 64 + 2·32, a multiple of 64 as A1111 rounds
+    assert wide.crop((32, 0, 96, 64)).tobytes() == picture.tobytes()  # the picture, in place
+    assert wide.crop((0, 0, 32, 64)).tobytes() != picture.crop((0, 0, 1, 64)).resize((32, 64)).tobytes()
+    # Lower case, A1111's defaults for missing arguments (mask blur 4: the mask reaches 8 px into the
+    # picture and is blurred with σ 8, so only the middle columns stay exact), one side rounded up.
+    up = post(url, "/sdapi/v1/img2img", {**body, "script_name": OUTPAINT.lower(), "script_args": [16]})
+    assert up.status_code == 200, up.text
+    grown = decode_png(up.json()["images"][0]).convert("RGB")
+    assert grown.size == (128, 128)
+    assert grown.crop((60, 60, 68, 68)).tobytes() == picture.crop((28, 28, 36, 36)).tobytes()
+    only_up = post(url, "/sdapi/v1/img2img", {**body, "script_args": [8, 0, 0, ["up"]]})
+    tall = decode_png(only_up.json()["images"][0]).convert("RGB")
+    assert tall.size == (64, 128) and tall.crop((0, 64, 64, 128)).tobytes() == picture.tobytes()
+    assert httpx.get(f"{url}/sdapi/v1/scripts").json()["img2img"] == [OUTPAINT.lower()]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"script_args": [0]}, "script_args.0"),
+        ({"script_args": ["many"]}, "script_args.0"),
+        ({"script_args": [5000]}, "script_args.0"),
+        ({"script_args": [32, -1]}, "script_args.1"),
+        ({"script_args": [32, 4, 7]}, "script_args.2"),
+        ({"script_args": [32, 4, 0, ["sideways"]]}, "script_args.3"),
+        ({"script_args": [32, 4, 0, []]}, "script_args.3"),
+        ({"script_args": [32, 4, 0, ["left"], 1]}, "script_args"),
+        ({"script_args": [32], "mask": "__PICTURE__"}, "mask"),
+        ({"script_name": "X/Y/Z plot"}, "script_name"),
+    ],
+)
+def test_outpainting_bad_script_args_are_422_naming_the_field(url, extra, field):
+    picture = b64_png(Image.new("RGB", (64, 64), "white"))
+    body = {**TINY, "init_images": [picture], "script_name": OUTPAINT, **extra}
+    body = {k: (picture if v == "__PICTURE__" else v) for k, v in body.items()}
+    response = post(url, "/sdapi/v1/img2img", body)
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+    txt2img = post(url, "/sdapi/v1/txt2img", {**TINY, "script_name": OUTPAINT})  # img2img's script only
+    assert txt2img.status_code == 422 and txt2img.json()["field"] == "script_name"
+
+
+def test_img2img_through_the_job_api(url):
+    picture = Image.effect_noise((64, 64), 60).convert("RGB")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 16, 16))
+    request = {**TINY, "init_images": [b64_png(picture)], "mask": b64_png(mask), "mask_blur": 0}
+    submitted = post(url, "/sfumato/v1/jobs", {"kind": "img2img", "request": request})
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    assert submitted.json()["request"]["inputs"] == {"init_image": True, "mask": True}  # no megabytes
+    for _ in range(600):
+        job = httpx.get(f"{url}/sfumato/v1/jobs/{job_id}").json()
+        if job["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.1)
+    assert job["state"] == "done" and len(job["images"]) == 1
+    made = httpx.get(f"{url}/sfumato/v1/jobs/{job_id}/images/0").content
+    kept = Image.open(io.BytesIO(made)).convert("RGB").crop((16, 0, 64, 64))
+    assert kept.tobytes() == picture.crop((16, 0, 64, 64)).tobytes()  # outside the mask
+    bad = post(url, "/sfumato/v1/jobs", {"kind": "img2img", "request": {**request, "steps": 0}})
+    assert bad.status_code == 422 and bad.json()["field"] == "request.steps"
+    missing = post(url, "/sfumato/v1/jobs", {"kind": "img2img", "request": TINY})
+    assert missing.status_code == 422 and missing.json()["field"] == "init_images"
+
+
+def test_clean_removes_the_masked_object(url):
+    picture = Image.new("RGB", (48, 40), (250, 250, 250))
+    picture.paste((200, 20, 20), (18, 14, 30, 26))  # a red square to remove
+    picture.putpixel((2, 2), (0, 0, 255))  # a marker outside the mask
+    mask = Image.new("L", picture.size, 0)
+    mask.paste(255, (16, 12, 32, 28))
+    for method in ("telea", "ns"):
+        body = {"image": "data:image/png;base64," + b64_png(picture), "mask": b64_png(mask), "method": method}
+        response = post(url, "/sfumato/v1/clean", body)
+        assert response.status_code == 200, response.text
+        payload = response.json()
+        result = decode_png(payload["image"]).convert("RGB")
+        assert result.size == picture.size and payload["notes"] == []
+        red, green, blue = result.getpixel((24, 20))  # the hole's middle: background now
+        assert min(red, green, blue) > 200, (method, result.getpixel((24, 20)))
+        outside = Image.composite(Image.new("RGB", picture.size), result, mask)
+        assert outside.tobytes() == Image.composite(Image.new("RGB", picture.size), picture, mask).tobytes()
+    small_mask = post(
+        url, "/sfumato/v1/clean", {"image": b64_png(picture), "mask": b64_png(mask.resize((24, 20)))}
+    )
+    assert small_mask.status_code == 200 and "resized" in small_mask.json()["notes"][0]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"image": "bm90IGFuIGltYWdl"}, "image"),
+        ({"mask": "%%%"}, "mask"),
+        ({"mask": None}, "mask"),
+        ({"method": "magic"}, "method"),
+        ({"image": 5}, "image"),
+    ],
+)
+def test_clean_bad_input_is_422_naming_the_field(url, body, field):
+    good = {"image": b64_png(Image.new("RGB", (8, 8))), "mask": b64_png(Image.new("L", (8, 8), 255))}
+    response = post(url, "/sfumato/v1/clean", {**good, **body})
     assert response.status_code == 422, response.text
     assert response.json()["field"] == field

@@ -8,9 +8,9 @@ settings, seeds), which is what makes a queued job survive a restart unchanged.
 Where we differ from A1111, on purpose:
 - an omitted `width`/`height` means the model's native size (512 for SD1 checkpoints, as in A1111;
   64 for the embedded default model);
-- asking for a feature this build does not have (face restoration, tiling, scripts) is a
-  422 naming the field instead of being silently ignored, so a client never gets an image it did not
-  ask for.
+- asking for a feature this build does not have (face restoration, tiling, scripts other than
+  img2img's "Poor man's outpainting") is a 422 naming the field instead of being silently ignored, so
+  a client never gets an image it did not ask for.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from sfumato.sampling.schedules import SCHEDULES
 from sfumato.server import listings
 from sfumato.server.images import decode_image, encode_png
 from sfumato.server.options import request_fields
+from sfumato.server.outpainting import SCRIPT_TITLE, is_outpainting, outpaint, parse_script_args
 from sfumato.server.state import ServerState
 from sfumato.tasks.common import resolve_seed
 from sfumato.tasks.extras import ResizeTarget, upscale, upscaler_names
+from sfumato.tasks.hires import LATENT_UPSCALERS
 from sfumato.tasks.txt2img import resolve_sampler
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
@@ -118,29 +120,41 @@ class PNGInfoResponse(BaseModel):
     parameters: dict[str, Any]
 
 
-def unsupported_features(body: ApiOptions) -> None:
-    """Refuse, naming the field, features this build cannot honour yet."""
+def unsupported_features(body: ApiOptions, scripts: tuple[str, ...] = ()) -> None:
+    """Refuse, naming the field, features this build cannot honour yet; `scripts` are the script
+    titles this endpoint runs (A1111 matches them case-insensitively)."""
     wanted = {
         "restore_faces": bool(body.restore_faces),
         "tiling": bool(body.tiling),
-        "script_name": bool(body.script_name),
         "alwayson_scripts": bool(body.alwayson_scripts),
     }
     for field, asked in wanted.items():
         if asked:
             raise UserError(f"{field}: not supported by this version of sfumato", field=field)
+    name = (body.script_name or "").strip()
+    if name and name.lower() not in {title.lower() for title in scripts}:
+        offered = f" (it has {', '.join(repr(t) for t in scripts)})" if scripts else ""
+        raise UserError(
+            f"script_name: {body.script_name!r} is not a script of this endpoint in this version of "
+            f"sfumato{offered}",
+            field="script_name",
+        )
 
 
 def generation_fields(
-    body: Txt2ImgBody | Img2ImgBody, state: ServerState, kind: type[GenerationRequest] = GenerationRequest
+    body: Txt2ImgBody | Img2ImgBody,
+    state: ServerState,
+    kind: type[GenerationRequest] = GenerationRequest,
+    forced: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The job's fully resolved request: options < override_settings < the body's own fields."""
+    """The job's fully resolved request: options < override_settings < the body's own fields <
+    `forced` (what a script sets)."""
     overrides = state.options.validated(body.override_settings)
     base = {**request_fields(state.options.snapshot()), **request_fields(overrides)}
     own = body.model_dump(include=set(kind.model_fields) & body.model_fields_set)
     if "sampler_name" not in own and body.sampler_index:
         own["sampler_name"] = body.sampler_index
-    fields = {**base, **own}
+    fields = {**base, **own, **(forced or {})}
     # Only files in the model folders: a client naming any path on the machine must not load it.
     if fields.get("model"):
         fields["model"] = str(state.checkpoint_in_folders(fields["model"], "model"))
@@ -163,19 +177,31 @@ async def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
     return await _generate(state, "txt2img", body, {"generation": generation})
 
 
-@router.post("/img2img", response_model=TextToImageResponse)
-async def img2img(body: Img2ImgBody, request: Request) -> dict[str, Any]:
-    """img2img and inpainting. The init image and mask travel in the job (as PNG base64), so a
-    queued job survives a restart like a txt2img one."""
-    state: ServerState = request.app.state.sfumato
-    unsupported_features(body)
+def img2img_job_request(body: Img2ImgBody, state: ServerState) -> dict[str, Any]:
+    """An img2img job's request: the resolved generation fields, and the init image and mask as PNG
+    base64 (they travel in the job, so a queued job survives a restart like a txt2img one). With the
+    outpainting script the init image is the grown canvas and the mask its margins."""
+    unsupported_features(body, scripts=(SCRIPT_TITLE,))
     if not body.init_images:
         raise UserError("init_images: at least one image is needed", field="init_images")
-    image, _ = await run_in_threadpool(decode_image, body.init_images[0], "init_images.0")
-    mask = await run_in_threadpool(decode_image, body.mask, "mask") if body.mask else None
-    generation = await run_in_threadpool(generation_fields, body, state, Img2ImgRequest)
-    inputs = {"init_image": encode_png(image), "mask": encode_png(mask[0]) if mask else None}
-    response = await _generate(state, "img2img", body, {"generation": generation, "inputs": inputs})
+    image, _ = decode_image(body.init_images[0], "init_images.0")
+    mask = decode_image(body.mask, "mask")[0] if body.mask else None
+    forced: dict[str, Any] = {}
+    if is_outpainting(body.script_name):
+        if mask is not None:
+            raise UserError(f"mask: {SCRIPT_TITLE} paints the new margins and takes no mask", field="mask")
+        image, mask, forced = outpaint(image, parse_script_args(body.script_args))
+    generation = generation_fields(body, state, Img2ImgRequest, forced)
+    inputs = {"init_image": encode_png(image), "mask": encode_png(mask) if mask is not None else None}
+    return {"generation": generation, "inputs": inputs}
+
+
+@router.post("/img2img", response_model=TextToImageResponse)
+async def img2img(body: Img2ImgBody, request: Request) -> dict[str, Any]:
+    """img2img, inpainting (`mask`) and outpainting (`script_name: "Poor man's outpainting"`)."""
+    state: ServerState = request.app.state.sfumato
+    job_request = await run_in_threadpool(img2img_job_request, body, state)  # decodes, may hash
+    response = await _generate(state, "img2img", body, job_request)
     if not body.include_init_images:
         response["parameters"]["init_images"] = None
         response["parameters"]["mask"] = None
@@ -297,6 +323,12 @@ def upscalers() -> list[dict[str, Any]]:
     ]
 
 
+@router.get("/latent-upscale-modes")
+def latent_upscale_modes() -> list[dict[str, Any]]:
+    """The hires fix's latent-space upscalers (A1111's `shared.latent_upscale_modes`)."""
+    return [{"name": name} for name in LATENT_UPSCALERS]
+
+
 @router.get("/sd-models")
 def sd_models(request: Request) -> list[dict[str, Any]]:
     state: ServerState = request.app.state.sfumato
@@ -336,7 +368,7 @@ def memory() -> dict[str, Any]:
 
 @router.get("/scripts")
 def scripts() -> dict[str, list[str]]:
-    return {"txt2img": [], "img2img": []}
+    return {"txt2img": [], "img2img": [SCRIPT_TITLE.lower()]}  # A1111 lists script titles in lower case
 
 
 @router.post("/refresh-checkpoints")

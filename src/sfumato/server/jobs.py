@@ -99,13 +99,21 @@ class Job:
     def is_finished(self) -> bool:
         return self.state in FINISHED
 
+    def public_request(self) -> dict[str, Any]:
+        """The request without its images' base64 (an img2img job's init image and mask): a listing or
+        a progress poll should not carry megabytes; only whether each image is there is shown."""
+        inputs = self.request.get("inputs")
+        if not isinstance(inputs, dict):
+            return self.request
+        return {**self.request, "inputs": {name: value is not None for name, value in inputs.items()}}
+
     def public(self, images: list[ImageRecord] | None = None, position: int | None = None) -> dict[str, Any]:
         """The job as the job API shows it."""
         body: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
             "state": self.state,
-            "request": self.request,
+            "request": self.public_request(),
             "created": self.created,
             "started": self.started,
             "finished": self.finished,

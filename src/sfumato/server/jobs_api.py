@@ -1,7 +1,8 @@
 """sfumato's own job API (`/sfumato/v1`): submit without waiting, list, get, cancel; and the gallery.
 
 A submitted body is the same as the A1111 endpoint's (validated and resolved the same way), so a
-client can move from `/sdapi/v1/txt2img` to the queue by changing the URL and polling the job.
+client can move from `/sdapi/v1/txt2img` or `/sdapi/v1/img2img` to the queue by changing the URL,
+naming the `kind`, and polling the job.
 """
 
 from __future__ import annotations
@@ -9,19 +10,41 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from sfumato.errors import NotFoundError, UserError
-from sfumato.server.a1111 import Txt2ImgBody, generation_fields, unsupported_features
+from sfumato.server.a1111 import (
+    Img2ImgBody,
+    Txt2ImgBody,
+    generation_fields,
+    img2img_job_request,
+    unsupported_features,
+)
 from sfumato.server.state import ServerState
 
 router = APIRouter(prefix="/sfumato/v1", tags=["sfumato jobs"])
 
 
+BODIES: dict[str, type[Txt2ImgBody] | type[Img2ImgBody]] = {"txt2img": Txt2ImgBody, "img2img": Img2ImgBody}
+
+
 class JobSubmission(BaseModel):
-    kind: Literal["txt2img"] = "txt2img"
-    request: Txt2ImgBody = Field(default_factory=Txt2ImgBody)
+    kind: Literal["txt2img", "img2img"] = "txt2img"
+    request: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the body of /sdapi/v1/txt2img or /sdapi/v1/img2img, as `kind` says",
+    )
+
+
+def _body(submission: JobSubmission) -> Txt2ImgBody | Img2ImgBody:
+    """The request validated as its kind's A1111 body; errors are located under `request`."""
+    try:
+        return BODIES[submission.kind].model_validate(submission.request)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", "request", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from exc
 
 
 def _state(request: Request) -> ServerState:
@@ -35,21 +58,26 @@ def _job_or_404(state: ServerState, job_id: str):
     return job
 
 
+def _job_request(body: Txt2ImgBody | Img2ImgBody, state: ServerState) -> dict[str, Any]:
+    if isinstance(body, Img2ImgBody):
+        return img2img_job_request(body, state)
+    unsupported_features(body)
+    return {"generation": generation_fields(body, state)}
+
+
 @router.post("/jobs", status_code=202)
 def submit_job(submission: JobSubmission, request: Request) -> dict[str, Any]:
     state = _state(request)
-    body = submission.request
-    unsupported_features(body)
+    body = _body(submission)
+    job_request = _job_request(body, state)
     # Like A1111's UI (not its API): unless the client says, images are saved when `samples_save` is on.
     saving = (
         body.save_images
         if "save_images" in body.model_fields_set
         else state.options.snapshot()["samples_save"]
     )
-    job = state.submit(
-        submission.kind,
-        {"generation": generation_fields(body, state), "save_images": bool(saving), "styles": body.styles},
-    )
+    job_request.update(save_images=bool(saving), styles=body.styles)
+    job = state.submit(submission.kind, job_request)
     return job.public(position=state.store.queue_position(job))
 
 
