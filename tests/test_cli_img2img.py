@@ -4,6 +4,7 @@ folder batches that survive a broken file, and one-line errors with exit 2."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +183,23 @@ def test_gif2gif_a_failing_frame_keeps_its_source_and_the_others(data_dir, capsy
     original, _, _ = read_frames(source, "animation")
     assert len(frames) == 3
     assert np.abs(np.asarray(frames[1], int) - np.asarray(original[1], int)).mean() < 8  # GIF palette
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_gif2gif_runs_a_video_and_keeps_its_frame_timing(data_dir, capsys, suffix):
+    from sfumato.imaging.files import read_frames
+    from sfumato.imaging.video import write_video
+
+    frames = [Image.open(picture(data_dir / f"f{i}.png", (32, 24), seed=i)) for i in range(3)]
+    source = write_video(frames, [80, 40, 40], data_dir / f"clip{suffix}")  # variable frame rate
+    code, lines, err = run(
+        capsys, "gif2gif", source, "a cat", "--strength", 0.5, "--data-dir", data_dir, *FAST
+    )
+    assert code == 0, err
+    assert lines[-1].endswith(f"clip{suffix}")
+    out, durations, loop = read_frames(Path(lines[-1]), "animation")
+    assert len(out) == 3 and durations == [80, 40, 40] and loop == 0 and out[0].size == (32, 24)
+    assert len(list(Path(lines[-1]).parent.glob("0000?-*.png"))) == 3  # each frame saved too
+    (data_dir / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    code, _, err = run(capsys, "gif2gif", data_dir / "bad.mp4", "x", "--data-dir", data_dir, *FAST)
+    assert code == 2 and "cannot be read as a video" in err

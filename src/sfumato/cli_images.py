@@ -41,8 +41,10 @@ def _strength_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_gif2gif_parser(sub: argparse._SubParsersAction, generation_args: Callable) -> None:
-    p = sub.add_parser("gif2gif", help="run every frame of an animated GIF/APNG/WebP through img2img")
-    p.add_argument("animation", type=Path, help="the animation (GIF, APNG or WebP)")
+    p = sub.add_parser(
+        "gif2gif", help="run every frame of an animated GIF/APNG/WebP or video through img2img"
+    )
+    p.add_argument("animation", type=Path, help="the animation (GIF, APNG, WebP; MP4/MOV/WebM/MKV with PyAV)")
     generation_args(p, "img2img")
     _strength_args(p)
 

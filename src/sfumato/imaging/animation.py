@@ -1,4 +1,5 @@
-"""Writing animations (GIF, APNG, WebP) with the frame durations and loop count of their source."""
+"""Writing animations (GIF, APNG, WebP, and videos through `imaging.video`) with the frame durations
+and loop count of their source."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from sfumato.errors import UserError
+from sfumato.imaging.video import is_video, write_video
 
 FORMATS = {".gif": "GIF", ".png": "PNG", ".apng": "PNG", ".webp": "WEBP"}
 
@@ -18,6 +20,8 @@ def save_animation(frames: list[Image.Image], durations: list[int], loop: int, p
     written to a temporary file first so a failed write leaves nothing half-made."""
     if not frames:
         raise UserError("no frames to save", field="animation")
+    if is_video(path):
+        return write_video(frames, durations, path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         path, fmt = path.with_suffix(".gif"), "GIF"

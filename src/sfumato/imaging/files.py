@@ -55,8 +55,13 @@ def read_image(path: Path, field: str) -> Image.Image:
 
 
 def read_frames(path: Path, field: str) -> tuple[list[Image.Image], list[int], int]:
-    """Every frame of an animated GIF/APNG/WebP (a still image is one frame): the frames as RGB,
-    each frame's duration in ms, and the loop count (0 = forever)."""
+    """Every frame of an animated GIF/APNG/WebP or a video (a still image is one frame): the frames as
+    RGB, each frame's duration in ms, and the loop count (0 = forever; videos do not loop)."""
+    from sfumato.imaging.video import is_video, read_video  # PyAV, optional: only for videos
+
+    if is_video(Path(path)):
+        frames, durations = read_video(Path(path), field)
+        return frames, durations, 0
     image = read_image(path, field)
     frames, durations = [], []
     try:
