@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from sfumato.cli import main
 from sfumato.errors import ModelFileError, UserError
 from sfumato.models.registry import ModelEntry
 from sfumato.settings import Settings
 from sfumato.tasks.extras import ResizeTarget, Tiling, upscale, upscaler_names
-from sfumato.testing.tiny_image_models import build_esrgan, write_esrgan
+from sfumato.testing.tiny_image_models import build_esrgan, build_swinir, write_esrgan
 from sfumato.testing.tiny_models import write_malicious_ckpt, write_truncated
 from sfumato.upscalers.models import ImageModels, image_to_tensor, load_image_model, tensor_to_image
 from sfumato.upscalers.tiling import run_tiled
@@ -122,3 +123,17 @@ def test_hires_fix_with_a_model_upscaler(tmp_path, tiny_models, esrgan, capsys):
         assert out.size == (128, 128) and "Hires upscaler: 4x-tiny" in out.text["parameters"]
     assert main([*argv, "--hires-upscaler", "4x-tiyn"]) == 2
     assert "4x-tiny" in capsys.readouterr().err
+
+
+def test_a_transformer_upscaler_swinir_loads_and_runs_in_tiles(tmp_path):
+    network = build_swinir()
+    save_file(
+        {k: v.contiguous() for k, v in network.state_dict().items()}, tmp_path / "2x-swinir.safetensors"
+    )
+    model = load_image_model(ModelEntry(tmp_path / "2x-swinir.safetensors", tmp_path), CPU)
+    assert (model.architecture, model.scale) == ("SwinIR", 2)
+    image = picture(30, 20)  # smaller than its 16-pixel minimum in tiles, not a multiple of its window
+    assert model.upscale_once(image, tile=0).tobytes() == reference(network, image).tobytes()
+    tiled = np.asarray(model.upscale_once(image, tile=16, overlap=8)).astype(float)
+    assert tiled.shape == (40, 60, 3)
+    assert np.abs(tiled - np.asarray(reference(network, image)).astype(float)).mean() < 4  # windows shift

@@ -82,3 +82,13 @@ def write_lama(path: str | os.PathLike[str], network: torch.nn.Module) -> None:
         for k, v in network.state_dict().items()
     }
     save_file(state, str(path))
+
+
+def build_swinir(scale: int = 2, seed: int = 0) -> torch.nn.Module:
+    """A one-block SwinIR (a transformer upscaler with windowed attention), random but deterministic."""
+    spandrel = import_spandrel()
+    torch.manual_seed(seed)
+    return spandrel.architectures.SwinIR.SwinIR(
+        img_size=16, embed_dim=12, depths=[1], num_heads=[2], window_size=4, mlp_ratio=2.0,
+        upscale=scale, upsampler="pixelshuffle", resi_connection="1conv",
+    ).eval()  # fmt: skip
