@@ -3,6 +3,9 @@ saved in `test-artifacts/screenshots/`."""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import re
 from pathlib import Path
@@ -11,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
-from server_helpers import running_server
+from server_helpers import TINY, running_server
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # Makefile installs Debian's
@@ -36,62 +39,75 @@ def page(data_dir):
 
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")  # the output column is sticky: show it where it starts
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_generate_watch_progress_then_png_info_back_to_txt2img(page, tmp_path):
-    expect(page.locator("select[name=sampler_name] option")).not_to_have_count(0)
-    page.fill("textarea[name=prompt]", "a <b>red</b> circle")
-    page.fill("input[name=steps]", "60")
-    page.fill("input[name=width]", "64")
-    page.fill("input[name=height]", "64")
-    page.fill("input[name=seed]", "42")
-    page.select_option("select[name=sampler_name]", "Euler")
-    page.click("#generate")
+T2I, I2I = "#txt2img-form", "#img2img-form"
 
-    bar = page.locator(".progress .bar")
+
+def natural_size(page, selector: str) -> tuple[int, int]:
+    return tuple(page.eval_on_selector(selector, "img => [img.naturalWidth, img.naturalHeight]"))
+
+
+def watch_progress(page, form: str) -> None:
+    """The progress bar moves (at least three values) and a step preview shows while the job runs."""
+    bar = page.locator(f"{form} .progress .bar")
     values: set[str] = set()
-    for _ in range(400):  # the bar moves while the job runs
+    for _ in range(400):
         value = bar.get_attribute("aria-valuenow")
-        if value and page.locator(".progress").is_visible():
+        if value and page.locator(f"{form} .progress").is_visible():
             values.add(value)
         if len(values) >= 3:
             break
         page.wait_for_timeout(25)
     assert len(values) >= 3, values
-    expect(page.locator("#preview")).to_be_visible()
+    expect(page.locator(f"{form} .preview")).to_be_visible()
+
+
+def test_generate_watch_progress_then_png_info_back_to_txt2img(page, tmp_path):
+    expect(page.locator(f"{T2I} select[name=sampler_name] option")).not_to_have_count(0)
+    page.fill(f"{T2I} textarea[name=prompt]", "a <b>red</b> circle")
+    page.fill(f"{T2I} input[name=steps]", "60")
+    page.fill(f"{T2I} input[name=width]", "64")
+    page.fill(f"{T2I} input[name=height]", "64")
+    page.fill(f"{T2I} input[name=seed]", "42")
+    page.select_option(f"{T2I} select[name=sampler_name]", "Euler")
+    page.click(f"{T2I} .generate")
+
+    watch_progress(page, T2I)
     shot(page, "txt2img-progress")
 
-    result = page.locator("#gallery img.result")
+    result = page.locator(f"{T2I} .gallery img.result")
     expect(result).to_have_count(1, timeout=60_000)
-    expect(page.locator("#infotext")).to_contain_text("Seed: 42")
-    expect(page.locator("#infotext")).to_contain_text("a <b>red</b> circle")  # shown as text, not HTML
-    assert page.locator("#infotext b").count() == 0
-    assert page.evaluate("document.querySelector('#gallery img').naturalWidth") == 64
+    expect(page.locator(f"{T2I} .infotext")).to_contain_text("Seed: 42")
+    expect(page.locator(f"{T2I} .infotext")).to_contain_text("a <b>red</b> circle")  # text, not HTML
+    assert page.locator(f"{T2I} .infotext b").count() == 0
+    assert natural_size(page, f"{T2I} .gallery img") == (64, 64)
     shot(page, "txt2img-done")
 
     source = result.get_attribute("src")
     png = tmp_path / "made.png"
     png.write_bytes(httpx.get(f"{page.base_url}/{source}").content)
-    page.fill("textarea[name=prompt]", "")  # so that "Send to txt2img" has something to restore
-    page.fill("input[name=seed]", "-1")
+    page.fill(f"{T2I} textarea[name=prompt]", "")  # so that "Send to txt2img" has something to restore
+    page.fill(f"{T2I} input[name=seed]", "-1")
     page.click("[data-tab=pnginfo]")
     page.set_input_files("#png-file", str(png))
     expect(page.locator("#png-parameters")).to_contain_text("Steps: 60")
     shot(page, "png-info")
     page.click("#send-txt2img")
     expect(page.locator("[data-panel=txt2img]")).to_be_visible()
-    expect(page.locator("textarea[name=prompt]")).to_have_value("a <b>red</b> circle")
-    expect(page.locator("input[name=seed]")).to_have_value("42")
-    expect(page.locator("input[name=steps]")).to_have_value("60")
+    expect(page.locator(f"{T2I} textarea[name=prompt]")).to_have_value("a <b>red</b> circle")
+    expect(page.locator(f"{T2I} input[name=seed]")).to_have_value("42")
+    expect(page.locator(f"{T2I} input[name=steps]")).to_have_value("60")
 
 
 def test_tabs_show_the_queue_models_and_settings(page):
-    page.fill("input[name=steps]", "2")
-    page.fill("input[name=width]", "64")
-    page.fill("input[name=height]", "64")
-    page.click("#generate")
-    expect(page.locator("#gallery img.result")).to_have_count(1, timeout=60_000)
+    page.fill(f"{T2I} input[name=steps]", "2")
+    page.fill(f"{T2I} input[name=width]", "64")
+    page.fill(f"{T2I} input[name=height]", "64")
+    page.click(f"{T2I} .generate")
+    expect(page.locator(f"{T2I} .gallery img.result")).to_have_count(1, timeout=60_000)
     page.click("[data-tab=queue]")
     expect(page.locator("#jobs tbody tr")).to_have_count(1)
     expect(page.locator("#jobs tbody tr").first).to_contain_text("done")
@@ -112,22 +128,240 @@ def test_tabs_show_the_queue_models_and_settings(page):
 
 
 def test_errors_are_one_clear_message(page):
-    page.fill("input[name=width]", "65")
-    page.click("#generate")
+    page.fill(f"{T2I} input[name=width]", "65")
+    page.click(f"{T2I} .generate")
     expect(page.locator("#message")).to_contain_text("width")
     expect(page.locator("#message")).to_contain_text("multiple of 8")
-    expect(page.locator("#generate")).to_be_enabled()
+    expect(page.locator(f"{T2I} .generate")).to_be_enabled()
 
 
 def test_extras_tab_upscales_an_uploaded_image(page, tmp_path):
     source = tmp_path / "small.png"
     Image.new("RGB", (10, 8), (30, 90, 240)).save(source)
     page.click("[data-tab=extras]")
-    page.set_input_files("#extras-file", str(source))
+    page.set_input_files("#extras-paint .paint-file", str(source))
     page.select_option("#extras-form select[name=upscaler_1]", "Nearest")
     page.fill("#extras-form input[name=upscaling_resize]", "3")
     page.click("#extras-form button[type=submit]")
     expect(page.locator("#extras-result")).to_be_visible()
-    assert page.evaluate("document.querySelector('#extras-result').naturalWidth") == 30
+    assert natural_size(page, "#extras-result") == (30, 24)
     expect(page.locator("#extras-info")).to_contain_text("30x24")
     shot(page, "extras")
+
+
+def paint_stroke(page, paint: str, points: list[tuple[float, float]]) -> None:
+    """Drag the mouse over the canvas through `points` (fractions of its width and height)."""
+    box = page.locator(f"{paint} .paint-layers").bounding_box()
+    assert box is not None and box["width"] > 100, box
+    x, y = (box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"])
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for fx, fy in points[1:]:
+        page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=6)
+    page.mouse.up()
+
+
+def decode_data_url(data: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1])))
+    image.load()
+    return image
+
+
+def submitted_job(page, click: str) -> dict:
+    """Click `click` and return the JSON the page posts to the job API."""
+    with page.expect_request(lambda r: r.url.endswith("/sfumato/v1/jobs") and r.method == "POST") as posted:
+        page.click(click)
+    return json.loads(posted.value.post_data)
+
+
+def result_image(page, selector: str) -> Image.Image:
+    source = page.locator(selector).get_attribute("src")
+    return Image.open(io.BytesIO(httpx.get(f"{page.base_url}/{source}").content)).convert("RGB")
+
+
+def test_img2img_inpaint_with_a_mask_painted_by_mouse(page, tmp_path):
+    picture = Image.effect_noise((64, 64), 50).convert("RGB")
+    picture.save(tmp_path / "init.png")
+    page.click("[data-tab=img2img]")
+    page.set_input_files("#img2img-paint .paint-file", str(tmp_path / "init.png"))
+    expect(page.locator("#img2img-paint .paint-layers")).to_be_visible()
+    expect(page.locator(f"{I2I} .inpaint-settings")).to_be_hidden()
+    page.click(f"{I2I} .modes [data-mode=inpaint]")
+    expect(page.locator(f"{I2I} .inpaint-settings")).to_be_visible()
+    page.locator("#img2img-paint .brush-size").evaluate("(el) => { el.value = 64; }")
+    paint_stroke(page, "#img2img-paint", [(0.1, 0.1), (0.35, 0.15), (0.2, 0.35)])  # the top-left corner
+    page.fill(f"{I2I} textarea[name=prompt]", "a blue square")
+    page.fill(f"{I2I} input[name=steps]", "60")
+    page.fill(f"{I2I} input[name=seed]", "3")
+    page.select_option(f"{I2I} select[name=sampler_name]", "Euler")
+    shot(page, "img2img-inpaint-mask")
+
+    job = submitted_job(page, f"{I2I} .generate")
+    request = job["request"]
+    assert job["kind"] == "img2img" and "width" not in request  # the init image's size
+    assert decode_data_url(request["init_images"][0]).convert("RGB").tobytes() == picture.tobytes()
+    mask = decode_data_url(request["mask"]).convert("L")
+    assert mask.size == (64, 64)
+    assert (
+        mask.getpixel((10, 8)) == 255
+        and mask.getpixel((50, 50)) == 0
+        and set(mask.getdata()) <= set(range(256))
+    )
+    assert request["inpainting_fill"] == 1 and request["inpaint_full_res"] is False  # A1111 UI defaults
+    assert request["mask_blur"] == 4 and request["inpaint_full_res_padding"] == 32
+    assert request["inpainting_mask_invert"] == 0 and request["resize_mode"] == 0
+    assert request["denoising_strength"] == 0.75 and "script_name" not in request
+
+    watch_progress(page, I2I)
+    expect(page.locator(f"{I2I} .gallery img.result")).to_have_count(1, timeout=60_000)
+    expect(page.locator(f"{I2I} .infotext")).to_contain_text("Denoising strength: 0.75")
+    expect(page.locator(f"{I2I} .infotext")).to_contain_text("Mask blur: 4")
+    made = result_image(page, f"{I2I} .gallery img.result")
+    assert made.size == (64, 64)
+    assert made.crop((44, 44, 64, 64)).tobytes() == picture.crop((44, 44, 64, 64)).tobytes()  # unmasked
+    assert made.crop((0, 0, 16, 16)).tobytes() != picture.crop((0, 0, 16, 16)).tobytes()  # repainted
+    shot(page, "img2img-inpaint-done")
+
+    # The eraser, invert and clear change what is sent.
+    page.click("#img2img-paint [data-tool=eraser]")
+    paint_stroke(page, "#img2img-paint", [(0.05, 0.05), (0.4, 0.4)])
+    page.click("#img2img-paint .paint-invert")
+    page.click(f"{I2I} .modes [data-mode=inpaint]")
+    inverted = decode_data_url(submitted_job(page, f"{I2I} .generate")["request"]["mask"]).convert("L")
+    assert inverted.getpixel((50, 50)) == 255 and inverted.getpixel((8, 8)) == 255  # erased, then inverted
+    expect(page.locator(f"{I2I} .generate")).to_be_enabled(timeout=60_000)
+    page.click("#img2img-paint .paint-clear")
+    page.click(f"{I2I} .generate")
+    expect(page.locator("#message")).to_contain_text("paint over the area")
+
+
+def drop_file(page, target: str, path: Path, mime: str = "image/png") -> None:
+    """Drop a file on `target` as a person dragging it from their file manager would."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    page.evaluate(
+        """([selector, data, name, mime]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: mime }));
+            const target = document.querySelector(selector);
+            for (const type of ["dragover", "drop"]) {
+                target.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+            }
+        }""",
+        [target, data, path.name, mime],
+    )
+
+
+def test_sketch_strokes_are_part_of_the_init_image(page, tmp_path):
+    white = Image.new("RGB", (64, 48), "white")
+    white.save(tmp_path / "white.png")
+    page.click("[data-tab=img2img]")
+    drop_file(page, "#img2img-paint .paint-stage", tmp_path / "white.png")
+    expect(page.locator("#img2img-paint .paint-layers")).to_be_visible()
+    page.click(f"{I2I} .modes [data-mode=sketch]")
+    expect(page.locator("#img2img-paint .brush-colour")).to_be_visible()
+    expect(page.locator("#img2img-paint .paint-invert")).to_be_hidden()  # a mask tool
+    page.locator("#img2img-paint .brush-colour").fill("#0000ff")
+    paint_stroke(page, "#img2img-paint", [(0.2, 0.5), (0.8, 0.5)])
+    shot(page, "img2img-sketch")
+    page.fill(f"{I2I} input[name=steps]", "2")
+    page.fill(f"{I2I} input[name=denoising_strength]", "0.3")
+    request = submitted_job(page, f"{I2I} .generate")["request"]
+    sent = decode_data_url(request["init_images"][0]).convert("RGB")
+    assert sent.size == (64, 48) and "mask" not in request
+    assert sent.getpixel((32, 24)) == (0, 0, 255)  # the stroke
+    assert sent.getpixel((2, 2)) == (255, 255, 255)  # the picture elsewhere
+    expect(page.locator(f"{I2I} .gallery img.result")).to_have_count(1, timeout=60_000)
+    assert natural_size(page, f"{I2I} .gallery img.result") == (64, 48)
+
+
+def test_outpainting_from_the_img2img_tab(page, tmp_path):
+    picture = Image.effect_noise((64, 64), 50).convert("RGB")
+    picture.save(tmp_path / "init.png")
+    page.click("[data-tab=img2img]")
+    page.set_input_files("#img2img-paint .paint-file", str(tmp_path / "init.png"))
+    page.select_option(f"{I2I} select[name=script_name]", "Poor man's outpainting")
+    expect(page.locator(f"{I2I} fieldset.outpaint")).to_be_visible()
+    page.fill(f"{I2I} input[name=outpaint_pixels]", "32")
+    page.fill(f"{I2I} input[name=outpaint_mask_blur]", "0")
+    page.uncheck(f"{I2I} input[name=outpaint_direction][value=up]")
+    page.uncheck(f"{I2I} input[name=outpaint_direction][value=down]")
+    page.fill(f"{I2I} input[name=steps]", "2")
+    page.fill(f"{I2I} input[name=denoising_strength]", "1")
+    request = submitted_job(page, f"{I2I} .generate")["request"]
+    assert request["script_name"] == "Poor man's outpainting"
+    assert request["script_args"] == [32, 0, 0, ["left", "right"]]
+    expect(page.locator(f"{I2I} .gallery img.result")).to_have_count(1, timeout=60_000)
+    assert natural_size(page, f"{I2I} .gallery img.result") == (128, 64)
+    made = result_image(page, f"{I2I} .gallery img.result")
+    assert made.crop((32, 0, 96, 64)).tobytes() == picture.tobytes()  # the picture, in the middle
+    shot(page, "img2img-outpaint")
+
+
+def test_png_info_sends_parameters_and_image_to_img2img(page, tmp_path):
+    made = httpx.post(
+        f"{page.base_url}/sdapi/v1/txt2img",
+        json={**TINY, "prompt": "a green star", "seed": 77, "steps": 3},
+        timeout=120,
+    ).json()
+    png = tmp_path / "made.png"
+    png.write_bytes(base64.b64decode(made["images"][0]))
+    page.click("[data-tab=pnginfo]")
+    page.set_input_files("#png-file", str(png))
+    expect(page.locator("#png-parameters")).to_contain_text("Seed: 77")
+    page.click("#send-img2img")
+    expect(page.locator("[data-panel=img2img]")).to_be_visible()
+    expect(page.locator(f"{I2I} textarea[name=prompt]")).to_have_value("a green star")
+    expect(page.locator(f"{I2I} input[name=seed]")).to_have_value("77")
+    expect(page.locator(f"{I2I} input[name=steps]")).to_have_value("3")
+    expect(page.locator("#img2img-paint .paint-layers")).to_be_visible()
+    request = submitted_job(page, f"{I2I} .generate")["request"]
+    sent = decode_data_url(request["init_images"][0]).convert("RGB")
+    assert sent.tobytes() == Image.open(png).convert("RGB").tobytes()
+    assert request["seed"] == 77 and request["prompt"] == "a green star"
+    expect(page.locator(f"{I2I} .gallery img.result")).to_have_count(1, timeout=60_000)
+    expect(page.locator(f"{I2I} .infotext")).to_contain_text("Seed: 77")
+
+
+def test_extras_clean_removes_a_painted_object(page, tmp_path):
+    picture = Image.new("RGB", (48, 48), (245, 245, 245))
+    picture.paste((210, 30, 30), (20, 20, 28, 28))  # a red square in the middle
+    picture.save(tmp_path / "object.png")
+    page.click("[data-tab=extras]")
+    page.set_input_files("#extras-paint .paint-file", str(tmp_path / "object.png"))
+    page.locator("#extras-paint .brush-size").evaluate("(el) => { el.value = 96; }")
+    paint_stroke(page, "#extras-paint", [(0.35, 0.45), (0.65, 0.45)])
+    paint_stroke(page, "#extras-paint", [(0.35, 0.55), (0.65, 0.55)])
+    page.select_option("#extras-form select[name=clean_method]", "ns")
+    shot(page, "extras-clean-mask")
+    page.click("#clean")
+    expect(page.locator("#extras-info")).to_contain_text("Cleaned (ns)")
+    cleaned = decode_data_url(page.locator("#extras-result").get_attribute("src")).convert("RGB")
+    assert cleaned.size == (48, 48)
+    assert min(cleaned.getpixel((24, 24))) > 200, cleaned.getpixel((24, 24))  # the square is gone
+    assert cleaned.getpixel((3, 3)) == (245, 245, 245)
+    shot(page, "extras-clean")
+    page.click("#extras-paint .paint-clear")
+    page.click("#clean")
+    expect(page.locator("#message")).to_contain_text("paint over what to remove")
+
+
+def test_txt2img_hires_fix_doubles_the_size(page):
+    expect(page.locator(f"{T2I} select[name=hr_upscaler] option")).not_to_have_count(0)
+    expect(page.locator(f"{T2I} fieldset.hires")).to_be_hidden()
+    page.check(f"{T2I} input[name=enable_hr]")
+    expect(page.locator(f"{T2I} fieldset.hires")).to_be_visible()
+    options = page.locator(f"{T2I} select[name=hr_upscaler] option").all_text_contents()
+    assert options[0] == "Latent" and "Latent (nearest-exact)" in options and "Lanczos" in options
+    page.select_option(f"{T2I} select[name=hr_upscaler]", "Latent (bicubic)")
+    page.fill(f"{T2I} input[name=hr_second_pass_steps]", "1")
+    page.fill(f"{T2I} input[name=steps]", "2")
+    page.fill(f"{T2I} input[name=width]", "64")
+    page.fill(f"{T2I} input[name=height]", "64")
+    request = submitted_job(page, f"{T2I} .generate")["request"]
+    assert request["enable_hr"] is True and request["hr_scale"] == 2 and request["denoising_strength"] == 0.7
+    expect(page.locator(f"{T2I} .gallery img.result")).to_have_count(1, timeout=60_000)
+    assert natural_size(page, f"{T2I} .gallery img.result") == (128, 128)
+    expect(page.locator(f"{T2I} .infotext")).to_contain_text("Hires upscale: 2")
+    expect(page.locator(f"{T2I} .infotext")).to_contain_text("Hires upscaler: Latent (bicubic)")
+    shot(page, "txt2img-hires")

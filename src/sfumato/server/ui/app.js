@@ -5,7 +5,8 @@
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const $$ = (selector, root = document) => [...root.querySelectorAll(selector)];
-const state = { job: null, lastSeed: null, pngParameters: null, polling: false };
+const state = { pngParameters: null, pngImage: null, panels: {}, paints: {} };
+const MASK_COLOUR = "#ff3d8b"; // how the painted mask shows (half transparent); only its shape is sent
 
 function showMessage(text) {
   const box = $("#message");
@@ -60,99 +61,6 @@ function tableRows(table, rows) {
     element("td", {}, [cell instanceof Node ? cell : document.createTextNode(cell ?? "")])))));
 }
 
-// --- tabs ---------------------------------------------------------------------------------------
-
-function openTab(name) {
-  for (const button of $$("#tabs [data-tab]")) button.setAttribute("aria-selected", String(button.dataset.tab === name));
-  for (const panel of $$("[data-panel]")) panel.hidden = panel.dataset.panel !== name;
-  if (name === "queue") refreshQueue();
-  if (name === "models") refreshModels();
-  if (name === "settings") loadSettings();
-}
-
-// --- txt2img ------------------------------------------------------------------------------------
-
-function formRequest(form) {
-  const data = new FormData(form);
-  const request = {};
-  for (const [key, value] of data.entries()) {
-    if (value === "") continue;
-    const input = form.elements[key];
-    request[key] = input.type === "number" ? Number(value) : value;
-  }
-  if (!$("#variation-toggle").checked) { delete request.subseed; delete request.subseed_strength; }
-  return request;
-}
-
-function setProgress(fraction, text) {
-  const box = $(".progress");
-  box.hidden = fraction === null;
-  const percent = Math.round((fraction || 0) * 100);
-  const bar = $(".bar", box);
-  bar.style.width = `${percent}%`;
-  bar.setAttribute("aria-valuenow", String(percent));
-  $(".progress-text", box).textContent = text || `${percent}%`;
-}
-
-function showImages(job) {
-  const gallery = $("#gallery");
-  gallery.replaceChildren(...job.images.map((image) => element("img", {
-    src: `sfumato/v1/jobs/${encodeURIComponent(job.id)}/images/${image.index}`,
-    alt: `image ${image.index + 1}`, title: image.infotext, class: "result",
-    onclick: () => { $("#infotext").textContent = image.infotext; },
-  })));
-  if (job.images.length) {
-    $("#infotext").textContent = job.images[0].infotext;
-    state.lastSeed = job.images[0].seed;
-  }
-}
-
-async function generate(event) {
-  event.preventDefault();
-  const job = await api("sfumato/v1/jobs", { method: "POST", body: { kind: "txt2img", request: formRequest(event.target) } });
-  state.job = job.id;
-  $("#generate").disabled = true;
-  $("#interrupt").disabled = false;
-  $("#skip").disabled = false;
-  setProgress(0, job.queue_position > 0 ? `queued (${job.queue_position} ahead)` : "starting");
-  try { await followJob(job.id); } finally {
-    $("#generate").disabled = false;
-    $("#interrupt").disabled = true;
-    $("#skip").disabled = true;
-    state.job = null;
-  }
-}
-
-async function followJob(id) {
-  for (;;) {
-    const job = await api(`sfumato/v1/jobs/${encodeURIComponent(id)}`);
-    if (!["queued", "running"].includes(job.state)) {
-      setProgress(null);
-      $("#preview").hidden = true;
-      showImages(job);
-      if (job.state === "failed") showMessage(job.error || "the job failed");
-      else if (job.state === "interrupted") showMessage("interrupted: the images made so far are kept");
-      return job;
-    }
-    if (job.state === "running") {
-      const progress = await api("sdapi/v1/progress");
-      if (progress.state.job === id) {
-        const eta = progress.eta_relative > 0 ? `, about ${progress.eta_relative.toFixed(0)} s left` : "";
-        setProgress(progress.progress, `${Math.round(progress.progress * 100)}%${eta}`);
-        if (progress.current_image) {
-          $("#preview").src = `data:image/png;base64,${progress.current_image}`;
-          $("#preview").hidden = false;
-        }
-      }
-    } else {
-      setProgress(0, `queued (${job.queue_position - 1} ahead)`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 300));
-  }
-}
-
-// --- PNG Info -------------------------------------------------------------------------------------
-
 function readFile(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -162,6 +70,374 @@ function readFile(file) {
   });
 }
 
+// A drop zone: files dragged onto `zone` go to `onFile`.
+function acceptDrops(zone, onFile) {
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", guarded(async (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    if (e.dataTransfer.files[0]) await onFile(e.dataTransfer.files[0]);
+  }));
+}
+
+// --- shared parts of the page ----------------------------------------------------------------------
+
+// Each `data-template="x"` placeholder becomes a copy of <template id="template-x"> (its id moves to
+// the copy's first element), so the tabs share one definition of their common fields.
+function expandTemplates() {
+  for (const slot of $$("[data-template]")) {
+    const copy = $(`#template-${slot.dataset.template}`).content.cloneNode(true);
+    if (slot.id) copy.firstElementChild.id = slot.id;
+    slot.replaceWith(copy);
+  }
+}
+
+// Sections that only count when a control says so are fieldsets, hidden and disabled otherwise:
+// disabled controls are left out of FormData, so what is hidden is never sent.
+function showSection(section, on) {
+  section.hidden = !on;
+  section.disabled = !on;
+}
+
+function wireToggles(root) {
+  for (const box of $$("input[data-toggles]", root)) {
+    const section = $(box.dataset.toggles, root);
+    box.addEventListener("change", () => showSection(section, box.checked));
+    showSection(section, box.checked);
+  }
+  for (const select of $$("select[data-toggles-value]", root)) {
+    const section = $(select.dataset.togglesValue, root);
+    select.addEventListener("change", () => showSection(section, Boolean(select.value)));
+    showSection(section, Boolean(select.value));
+  }
+}
+
+// The form's enabled, non-empty values as an API body: numbers for number inputs and `data-type=
+// "number"`, true for a ticked checkbox, booleans for `data-type="bool"`, arrays for `data-type="list"`.
+function formValues(form) {
+  const values = {};
+  for (const [key, value] of new FormData(form).entries()) {
+    if (value === "" || value instanceof File) continue;
+    const control = form.elements[key];
+    const first = control instanceof RadioNodeList ? control[0] : control;
+    const type = first.dataset.type || first.type;
+    if (type === "list") (values[key] = values[key] || []).push(value);
+    else if (type === "number") values[key] = Number(value);
+    else if (type === "bool") values[key] = value === "true";
+    else if (type === "checkbox") values[key] = true;
+    else values[key] = value;
+  }
+  return values;
+}
+
+function setField(form, name, value) {
+  const control = form.elements[name];
+  if (control && value !== undefined && value !== null) control.value = value;
+}
+
+// A1111 infotext parameters (as /sdapi/v1/png-info parses them) into a generation form.
+function applyParameters(form, p) {
+  setField(form, "prompt", p.Prompt);
+  setField(form, "negative_prompt", p["Negative prompt"] || "");
+  setField(form, "steps", p.Steps);
+  setField(form, "cfg_scale", p["CFG scale"]);
+  setField(form, "seed", p.Seed);
+  if (p.Sampler) setField(form, "sampler_name", p.Sampler);
+  if (p["Schedule type"]) setField(form, "scheduler", p["Schedule type"]);
+  if (p.Size) { const [w, h] = String(p.Size).split("x"); setField(form, "width", w); setField(form, "height", h); }
+  if (p["Denoising strength"] && (form.dataset.kind === "img2img" || p["Hires upscale"])) {
+    setField(form, "denoising_strength", p["Denoising strength"]);
+  }
+  if (p["Image CFG scale"]) setField(form, "image_cfg_scale", p["Image CFG scale"]);
+  const hires = form.elements.enable_hr;
+  if (hires) {
+    hires.checked = Boolean(p["Hires upscale"] || p["Hires resize"]);
+    hires.dispatchEvent(new Event("change"));
+    setField(form, "hr_scale", p["Hires upscale"]);
+    if (p["Hires upscaler"]) setField(form, "hr_upscaler", p["Hires upscaler"]);
+    setField(form, "hr_second_pass_steps", p["Hires steps"] || 0);
+  }
+}
+
+// --- generation tabs (txt2img, img2img): one panel class, the request is the tab's own -------------
+
+class GenerationPanel {
+  constructor(form, buildRequest) {
+    this.form = form;
+    this.kind = form.dataset.kind;
+    this.buildRequest = buildRequest;
+    this.lastSeed = null;
+    form.addEventListener("submit", guarded((event) => this.generate(event)));
+    this.part("interrupt").addEventListener("click", guarded(() => api("sdapi/v1/interrupt", { method: "POST" })));
+    this.part("skip").addEventListener("click", guarded(() => api("sdapi/v1/skip", { method: "POST" })));
+    this.part("seed-random").addEventListener("click", () => { form.elements.seed.value = -1; });
+    this.part("seed-reuse").addEventListener("click", () => {
+      if (this.lastSeed !== null) form.elements.seed.value = this.lastSeed;
+    });
+  }
+
+  part(name) {
+    return $(`.${name}`, this.form);
+  }
+
+  setBusy(busy) {
+    this.part("generate").disabled = busy;
+    this.part("interrupt").disabled = !busy;
+    this.part("skip").disabled = !busy;
+  }
+
+  async generate(event) {
+    event.preventDefault();
+    const request = await this.buildRequest(formValues(this.form));
+    const job = await api("sfumato/v1/jobs", { method: "POST", body: { kind: this.kind, request } });
+    this.setBusy(true);
+    this.setProgress(0, job.queue_position > 0 ? `queued (${job.queue_position} ahead)` : "starting");
+    try { await this.follow(job.id); } finally { this.setBusy(false); }
+  }
+
+  async follow(id) {
+    for (;;) {
+      const job = await api(`sfumato/v1/jobs/${encodeURIComponent(id)}`);
+      if (!["queued", "running"].includes(job.state)) {
+        this.setProgress(null);
+        this.part("preview").hidden = true;
+        this.showImages(job);
+        if (job.state === "failed") showMessage(job.error || "the job failed");
+        else if (job.state === "interrupted") showMessage("interrupted: the images made so far are kept");
+        return job;
+      }
+      if (job.state === "running") {
+        const progress = await api("sdapi/v1/progress");
+        if (progress.state.job === id) {
+          const eta = progress.eta_relative > 0 ? `, about ${progress.eta_relative.toFixed(0)} s left` : "";
+          this.setProgress(progress.progress, `${Math.round(progress.progress * 100)}%${eta}`);
+          if (progress.current_image) {
+            this.part("preview").src = `data:image/png;base64,${progress.current_image}`;
+            this.part("preview").hidden = false;
+          }
+        }
+      } else {
+        this.setProgress(0, `queued (${job.queue_position - 1} ahead)`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+  }
+
+  setProgress(fraction, text) {
+    const box = this.part("progress");
+    box.hidden = fraction === null;
+    const percent = Math.round((fraction || 0) * 100);
+    const bar = $(".bar", box);
+    bar.style.width = `${percent}%`;
+    bar.setAttribute("aria-valuenow", String(percent));
+    $(".progress-text", box).textContent = text || `${percent}%`;
+  }
+
+  showImages(job) {
+    const infotext = this.part("infotext");
+    this.part("gallery").replaceChildren(...job.images.map((image) => element("img", {
+      src: `sfumato/v1/jobs/${encodeURIComponent(job.id)}/images/${image.index}`,
+      alt: `image ${image.index + 1}`, title: image.infotext, class: "result",
+      onclick: () => { infotext.textContent = image.infotext; },
+    })));
+    if (job.images.length) {
+      infotext.textContent = job.images[0].infotext;
+      this.lastSeed = job.images[0].seed;
+    }
+  }
+}
+
+// --- painting on an image: sketch strokes and inpainting masks ------------------------------------
+
+// The image, a sketch layer and a mask layer, stacked at the image's own pixel size and shown scaled
+// to fit. `mode` is "none" (look only), "sketch" (coloured strokes that become part of the image) or
+// "mask" (the area to repaint or remove). The brush size is in screen pixels, so it feels the same
+// on a small image shown large as on a large one shown small.
+class PaintCanvas {
+  constructor(root) {
+    this.root = root;
+    this.layers = $(".paint-layers", root);
+    this.image = $(".layer-image", root);
+    this.sketch = $(".layer-sketch", root);
+    this.mask = $(".layer-mask", root);
+    this.tool = "brush";
+    this.stroke = null;
+    $(".paint-file", root).addEventListener("change", guarded(async (e) => {
+      if (e.target.files[0]) await this.loadFile(e.target.files[0]);
+    }));
+    acceptDrops($(".paint-stage", root), (file) => this.loadFile(file));
+    for (const button of $$("[data-tool]", root)) button.addEventListener("click", () => this.setTool(button.dataset.tool));
+    $(".paint-clear", root).addEventListener("click", () => this.clear(this.activeLayer()));
+    $(".paint-invert", root).addEventListener("click", () => this.invertMask());
+    this.layers.addEventListener("pointerdown", (e) => this.startStroke(e));
+    this.layers.addEventListener("pointermove", (e) => this.continueStroke(e));
+    for (const end of ["pointerup", "pointercancel"]) this.layers.addEventListener(end, () => { this.stroke = null; });
+  }
+
+  get hasImage() {
+    return !this.layers.hidden;
+  }
+
+  setMode(mode) {
+    this.root.dataset.mode = mode;
+    this.mask.hidden = mode !== "mask";
+  }
+
+  setTool(tool) {
+    this.tool = tool;
+    for (const button of $$("[data-tool]", this.root)) button.setAttribute("aria-pressed", String(button.dataset.tool === tool));
+  }
+
+  activeLayer() {
+    return this.root.dataset.mode === "sketch" ? this.sketch : this.mask;
+  }
+
+  async loadFile(file) {
+    if (!file.type.startsWith("image/")) throw new Error(`${file.name} is not an image`);
+    await this.load(await readFile(file));
+  }
+
+  load(source) {
+    return new Promise((resolve, reject) => {
+      const picture = new Image();
+      picture.onload = () => {
+        const { naturalWidth: width, naturalHeight: height } = picture;
+        for (const canvas of [this.image, this.sketch, this.mask]) { canvas.width = width; canvas.height = height; }
+        this.image.getContext("2d").drawImage(picture, 0, 0);
+        const scale = Math.min(512 / width, 512 / height);
+        this.layers.style.width = `${Math.round(width * scale)}px`;
+        this.layers.style.aspectRatio = `${width} / ${height}`;
+        this.layers.classList.toggle("enlarged", scale > 1);
+        this.layers.hidden = false;
+        $(".paint-empty", this.root).hidden = true;
+        resolve();
+      };
+      picture.onerror = () => reject(new Error("this file is not an image the browser can read"));
+      picture.src = source;
+    });
+  }
+
+  point(event) {
+    const box = this.layers.getBoundingClientRect();
+    const ratio = this.image.width / box.width;
+    return { x: (event.clientX - box.left) * ratio, y: (event.clientY - box.top) * ratio, ratio };
+  }
+
+  startStroke(event) {
+    if (!this.hasImage || this.root.dataset.mode === "none" || event.button !== 0) return;
+    event.preventDefault();
+    this.layers.setPointerCapture(event.pointerId);
+    const { x, y, ratio } = this.point(event);
+    const context = this.activeLayer().getContext("2d");
+    context.globalCompositeOperation = this.tool === "eraser" ? "destination-out" : "source-over";
+    context.strokeStyle = context.fillStyle = this.root.dataset.mode === "sketch" ? $(".brush-colour", this.root).value : MASK_COLOUR;
+    context.lineWidth = Number($(".brush-size", this.root).value) * ratio;
+    context.lineCap = context.lineJoin = "round";
+    context.beginPath();
+    context.arc(x, y, context.lineWidth / 2, 0, 2 * Math.PI);
+    context.fill();
+    this.stroke = { context, x, y };
+  }
+
+  continueStroke(event) {
+    if (!this.stroke) return;
+    const { x, y } = this.point(event);
+    const { context } = this.stroke;
+    context.beginPath();
+    context.moveTo(this.stroke.x, this.stroke.y);
+    context.lineTo(x, y);
+    context.stroke();
+    Object.assign(this.stroke, { x, y });
+  }
+
+  clear(layer) {
+    layer.getContext("2d").clearRect(0, 0, layer.width, layer.height);
+  }
+
+  blank() {
+    return element("canvas", { width: this.image.width, height: this.image.height });
+  }
+
+  invertMask() {
+    const inverted = this.blank();
+    const context = inverted.getContext("2d");
+    context.fillStyle = MASK_COLOUR;
+    context.fillRect(0, 0, inverted.width, inverted.height);
+    context.globalCompositeOperation = "destination-out";
+    context.drawImage(this.mask, 0, 0);
+    this.clear(this.mask);
+    const mask = this.mask.getContext("2d");
+    mask.globalCompositeOperation = "source-over"; // the eraser may have left it erasing
+    mask.drawImage(inverted, 0, 0);
+  }
+
+  maskIsEmpty() {
+    const { data } = this.mask.getContext("2d").getImageData(0, 0, this.mask.width, this.mask.height);
+    for (let i = 3; i < data.length; i += 4) if (data[i]) return false;
+    return true;
+  }
+
+  // The image with its sketch strokes, as a PNG data URL (what img2img repaints).
+  imageData() {
+    const out = this.blank();
+    const context = out.getContext("2d");
+    context.drawImage(this.image, 0, 0);
+    context.drawImage(this.sketch, 0, 0);
+    return out.toDataURL("image/png");
+  }
+
+  // The mask as A1111 takes it: white = repaint, on black, at the image's size; the brush's soft
+  // edges are cut at half strength, so the mask is exactly what the painted shape covers.
+  maskData() {
+    const context = this.mask.getContext("2d");
+    const pixels = context.getImageData(0, 0, this.mask.width, this.mask.height);
+    const { data } = pixels;
+    for (let i = 0; i < data.length; i += 4) {
+      data[i] = data[i + 1] = data[i + 2] = data[i + 3] >= 128 ? 255 : 0;
+      data[i + 3] = 255;
+    }
+    const out = this.blank();
+    out.getContext("2d").putImageData(pixels, 0, 0);
+    return out.toDataURL("image/png");
+  }
+}
+
+// --- txt2img and img2img requests --------------------------------------------------------------
+
+function txt2imgRequest(values) {
+  return values;
+}
+
+function img2imgMode() {
+  return $("#img2img-form .modes [data-mode][aria-selected=true]").dataset.mode;
+}
+
+function setImg2imgMode(mode) {
+  for (const button of $$("#img2img-form .modes [data-mode]")) button.setAttribute("aria-selected", String(button.dataset.mode === mode));
+  for (const hint of $$("#img2img-form [data-hint]")) hint.hidden = hint.dataset.hint !== mode;
+  state.paints.img2img.setMode({ img2img: "none", sketch: "sketch", inpaint: "mask" }[mode]);
+  showSection($("#img2img-form .inpaint-settings"), mode === "inpaint");
+}
+
+function img2imgRequest(values) {
+  const paint = state.paints.img2img;
+  if (!paint.hasImage) throw new Error("add an init image first: choose a file or drop one on the canvas");
+  const request = { ...values, init_images: [paint.imageData()] };
+  const outpaint = ["outpaint_pixels", "outpaint_mask_blur", "outpaint_fill", "outpaint_direction"];
+  if (request.script_name) {
+    if (!request.outpaint_direction) throw new Error("outpainting: tick at least one direction");
+    request.script_args = outpaint.map((name) => request[name]);
+  } else if (img2imgMode() === "inpaint") {
+    if (paint.maskIsEmpty()) throw new Error("inpaint: paint over the area to repaint first");
+    request.mask = paint.maskData();
+  }
+  for (const name of outpaint) delete request[name];
+  return request;
+}
+
+// --- PNG Info -------------------------------------------------------------------------------------
+
 async function pngInfo(file) {
   const dataUrl = await readFile(file);
   $("#png-image").src = dataUrl;
@@ -169,47 +445,70 @@ async function pngInfo(file) {
   const info = await api("sdapi/v1/png-info", { method: "POST", body: { image: dataUrl } });
   $("#png-parameters").textContent = info.info || "this image carries no generation parameters";
   state.pngParameters = info.info ? info.parameters : null;
+  state.pngImage = dataUrl;
   $("#send-txt2img").disabled = !state.pngParameters;
+  $("#send-img2img").disabled = false;
 }
 
 function sendToTxt2img() {
-  const p = state.pngParameters;
-  const form = $("#txt2img-form");
-  const set = (name, value) => { if (value !== undefined && value !== null) form.elements[name].value = value; };
-  set("prompt", p.Prompt);
-  set("negative_prompt", p["Negative prompt"] || "");
-  set("steps", p.Steps);
-  set("cfg_scale", p["CFG scale"]);
-  set("seed", p.Seed);
-  if (p.Sampler) set("sampler_name", p.Sampler);
-  if (p["Schedule type"]) set("scheduler", p["Schedule type"]);
-  if (p.Size) { const [w, h] = String(p.Size).split("x"); set("width", w); set("height", h); }
+  applyParameters($("#txt2img-form"), state.pngParameters);
   openTab("txt2img");
+}
+
+async function sendToImg2img() {
+  if (state.pngParameters) applyParameters($("#img2img-form"), state.pngParameters);
+  await state.paints.img2img.load(state.pngImage);
+  openTab("img2img");
 }
 
 // --- Extras -------------------------------------------------------------------------------------
 
+function extrasImage() {
+  const paint = state.paints.extras;
+  if (!paint.hasImage) throw new Error("choose an image first: a file, or drop one on the canvas");
+  return paint.imageData();
+}
+
+function showExtrasResult(image, info) {
+  $("#extras-result").src = `data:image/png;base64,${image}`;
+  $("#extras-result").hidden = false;
+  $("#extras-info").textContent = info;
+}
+
 async function upscaleImage(event) {
   event.preventDefault();
-  const file = $("#extras-file").files[0];
-  if (!file) throw new Error("choose an image to upscale");
   const form = event.target;
   const result = await api("sdapi/v1/extra-single-image", { method: "POST", body: {
-    image: await readFile(file),
+    image: extrasImage(),
     upscaler_1: form.elements.upscaler_1.value,
     upscaling_resize: Number(form.elements.upscaling_resize.value),
   } });
-  $("#extras-result").src = `data:image/png;base64,${result.image}`;
-  $("#extras-result").hidden = false;
-  $("#extras-info").textContent = new DOMParser().parseFromString(result.html_info, "text/html").body.textContent;
+  showExtrasResult(result.image, new DOMParser().parseFromString(result.html_info, "text/html").body.textContent);
 }
 
-// --- queue, models, settings -----------------------------------------------------------------
+async function cleanImage() {
+  const paint = state.paints.extras;
+  const image = extrasImage();
+  if (paint.maskIsEmpty()) throw new Error("clean: paint over what to remove first");
+  const method = $("#extras-form").elements.clean_method.value;
+  const result = await api("sfumato/v1/clean", { method: "POST", body: { image, mask: paint.maskData(), method } });
+  showExtrasResult(result.image, [`Cleaned (${method})`, ...result.notes].join("\n"));
+}
+
+// --- tabs, queue, models, settings ---------------------------------------------------------------
+
+function openTab(name) {
+  for (const button of $$("#tabs [data-tab]")) button.setAttribute("aria-selected", String(button.dataset.tab === name));
+  for (const panel of $$("[data-panel]")) panel.hidden = panel.dataset.panel !== name;
+  if (name === "queue") guarded(refreshQueue)();
+  if (name === "models") guarded(refreshModels)();
+  if (name === "settings") guarded(loadSettings)();
+}
 
 async function refreshQueue() {
   const jobs = await api("sfumato/v1/jobs?limit=50");
   tableRows($("#jobs"), jobs.map((job) => [
-    new Date(job.created * 1000).toLocaleString(), job.state,
+    new Date(job.created * 1000).toLocaleString(), job.kind, job.state,
     (job.request.generation && job.request.generation.prompt) || "", String(job.error || ""),
     ["queued", "running"].includes(job.state)
       ? element("button", { type: "button", text: "Cancel", onclick: guarded(async () => {
@@ -258,39 +557,42 @@ async function saveSettings(event) {
 // --- start ----------------------------------------------------------------------------------------
 
 async function start() {
+  expandTemplates();
+  for (const form of $$("form")) wireToggles(form);
   for (const button of $$("#tabs [data-tab]")) button.addEventListener("click", () => openTab(button.dataset.tab));
-  $("#txt2img-form").addEventListener("submit", guarded(generate));
-  $("#interrupt").addEventListener("click", guarded(() => api("sdapi/v1/interrupt", { method: "POST" })));
-  $("#skip").addEventListener("click", guarded(() => api("sdapi/v1/skip", { method: "POST" })));
-  $("#seed-random").addEventListener("click", () => { $("#txt2img-form").elements.seed.value = -1; });
-  $("#seed-reuse").addEventListener("click", () => {
-    if (state.lastSeed !== null) $("#txt2img-form").elements.seed.value = state.lastSeed;
-  });
-  $("#variation-toggle").addEventListener("change", (e) => { $("#variation").hidden = !e.target.checked; });
+  state.panels.txt2img = new GenerationPanel($("#txt2img-form"), txt2imgRequest);
+  state.panels.img2img = new GenerationPanel($("#img2img-form"), img2imgRequest);
+  state.paints.img2img = new PaintCanvas($("#img2img-paint"));
+  state.paints.extras = new PaintCanvas($("#extras-paint"));
+  state.paints.extras.setMode("mask");
+  $("#img2img-form input[name=width]").placeholder = "the image's";
+  $("#img2img-form input[name=height]").placeholder = "the image's";
+  for (const button of $$("#img2img-form .modes [data-mode]")) button.addEventListener("click", () => setImg2imgMode(button.dataset.mode));
+  setImg2imgMode("img2img");
+
   $("#png-file").addEventListener("change", guarded((e) => e.target.files[0] && pngInfo(e.target.files[0])));
-  const drop = $("#drop");
-  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", guarded(async (e) => {
-    e.preventDefault();
-    drop.classList.remove("over");
-    if (e.dataTransfer.files[0]) await pngInfo(e.dataTransfer.files[0]);
-  }));
+  acceptDrops($("#drop"), pngInfo);
   $("#send-txt2img").addEventListener("click", sendToTxt2img);
+  $("#send-img2img").addEventListener("click", guarded(sendToImg2img));
   $("#queue-refresh").addEventListener("click", guarded(refreshQueue));
   $("#models-refresh").addEventListener("click", guarded(refreshModels));
   $("#settings-form").addEventListener("submit", guarded(saveSettings));
   $("#extras-form").addEventListener("submit", guarded(upscaleImage));
+  $("#clean").addEventListener("click", guarded(cleanImage));
   $("#checkpoint").addEventListener("change", guarded(async (e) => {
     await api("sdapi/v1/options", { method: "POST", body: { sd_model_checkpoint: e.target.value } });
   }));
-  const [samplers, schedulers, upscalers] = await Promise.all([
-    api("sdapi/v1/samplers"), api("sdapi/v1/schedulers"), api("sdapi/v1/upscalers"),
+
+  const [samplers, schedulers, upscalers, latentModes] = await Promise.all([
+    api("sdapi/v1/samplers"), api("sdapi/v1/schedulers"), api("sdapi/v1/upscalers"), api("sdapi/v1/latent-upscale-modes"),
   ]);
   fillSelect($("#extras-form").elements.upscaler_1, upscalers.map((u) => [u.name, u.name]), "Lanczos");
-  const form = $("#txt2img-form");
-  fillSelect(form.elements.sampler_name, samplers.map((s) => [s.name, s.name]), "DPM++ 2M");
-  fillSelect(form.elements.scheduler, schedulers.map((s) => [s.label, s.label]), "Automatic");
+  const hiresUpscalers = [...latentModes.map((m) => m.name), ...upscalers.map((u) => u.name).filter((n) => n !== "None")];
+  fillSelect($("#txt2img-form").elements.hr_upscaler, hiresUpscalers.map((name) => [name, name]), "Latent");
+  for (const form of [$("#txt2img-form"), $("#img2img-form")]) {
+    fillSelect(form.elements.sampler_name, samplers.map((s) => [s.name, s.name]), "DPM++ 2M");
+    fillSelect(form.elements.scheduler, schedulers.map((s) => [s.label, s.label]), "Automatic");
+  }
   await refreshModels();
 }
 
