@@ -30,6 +30,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", type=Path, help="settings JSON file (default: <data-dir>/sfumato.json)")
 
 
+def _list_command(
+    sub: argparse._SubParsersAction, name: str, help_: str, list_help: str, handler: Callable
+) -> None:
+    """`sfumato NAME list [--json]`."""
+    group = sub.add_parser(name, help=help_).add_subparsers(dest=f"{name}_command", required=True)
+    listing = group.add_parser("list", help=list_help)
+    listing.add_argument("--json", action="store_true")
+    _add_common(listing)
+    listing.set_defaults(handler=handler)
+
+
 def _txt2img_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("txt2img", help="generate images from a prompt")
     _generation_args(p, "txt2img")
@@ -152,19 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON (parameters parsed, plus other chunks)")
     info.set_defaults(handler=cmd_png_info)
 
-    models = sub.add_parser("models", help="model folders")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    listing = models_sub.add_parser("list", help="every checkpoint with family, dtype, size and hash")
-    listing.add_argument("--json", action="store_true")
-    _add_common(listing)
-    listing.set_defaults(handler=cmd_models_list)
-
-    embeddings = sub.add_parser("embeddings", help="textual-inversion embeddings")
-    embeddings_sub = embeddings.add_subparsers(dest="embeddings_command", required=True)
-    emb_list = embeddings_sub.add_parser("list", help="every embedding with vectors, family and short hash")
-    emb_list.add_argument("--json", action="store_true")
-    _add_common(emb_list)
-    emb_list.set_defaults(handler=cmd_embeddings_list)
+    _list_command(
+        sub, "models", "model folders", "every checkpoint with family, dtype, size and hash", cmd_models_list
+    )
+    _list_command(
+        sub,
+        "embeddings",
+        "textual-inversion embeddings",
+        "every embedding with vectors, family and short hash",
+        cmd_embeddings_list,
+    )
+    _list_command(
+        sub,
+        "loras",
+        "LoRA and LyCORIS networks",
+        "every network with family, kinds, rank, alpha, hash and training metadata",
+        cmd_loras_list,
+    )
 
     evaluation = sub.add_parser("eval", help="score a model with an independent checker")
     eval_sub = evaluation.add_subparsers(dest="eval_command", required=True)
@@ -272,6 +287,31 @@ def cmd_embeddings_list(args: argparse.Namespace) -> int:
     }
     rows = EmbeddingDatabase.load(settings.model_dirs("embeddings"), hashes).rows()
     return _print_rows(rows, columns, as_json=args.json, kind="embeddings")
+
+
+def cmd_loras_list(args: argparse.Namespace) -> int:
+    from sfumato.adapters.network_registry import describe_network, network_entries
+    from sfumato.models.hashes import HashCache
+
+    settings = _settings(args)
+    hashes = HashCache(settings.hash_cache_file)
+    rows = []
+    for entry in network_entries(settings):
+        try:
+            rows.append(describe_network(entry, hashes))
+        except UserError as exc:  # one unreadable file does not hide the others
+            rows.append({"name": entry.name, "path": str(entry.path), "note": str(exc)})
+    columns = {
+        "name": lambda r: r["name"],
+        "family": lambda r: r.get("family"),
+        "kinds": lambda r: ",".join(r.get("kinds", [])),
+        "rank": lambda r: r.get("rank"),
+        "alpha": lambda r: r.get("alpha"),
+        "hash": lambda r: r.get("hash"),
+        "base model": lambda r: r.get("base_model"),
+        "trigger words": lambda r: ", ".join(r.get("trigger_words", [])[:5]) or r.get("note"),
+    }
+    return _print_rows(rows, columns, as_json=args.json, kind="LoRAs")
 
 
 def cmd_eval_shapes(args: argparse.Namespace) -> int:

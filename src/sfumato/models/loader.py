@@ -60,6 +60,7 @@ class LoadedModel:
     alphas_cumprod: torch.Tensor
     native_size: tuple[int, int]  # (width, height) it was trained at: the default output size
     vae_path: Path | None = None
+    networks: Any = None  # the adapters.patcher.NetworkPatcher the ModelManager attaches
 
     @property
     def latent_channels(self) -> int:

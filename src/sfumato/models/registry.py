@@ -12,6 +12,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from sfumato.models.hashes import HashCache, old_a1111_hash
 from sfumato.models.loader import LoadedModel, load_checkpoint, load_vae_file
 from sfumato.runtime import release_memory
 from sfumato.settings import Settings
+
+if TYPE_CHECKING:
+    from sfumato.adapters.patcher import NetworkPatcher
 
 VAE_SIDE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
 TITLE_HASH = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,10})\]$")
@@ -218,8 +222,20 @@ class ModelManager:
         if vae_file is not None:
             loaded.vae = load_vae_file(vae_file, loaded.family, device=self.device, dtype=self.dtype)
             loaded.vae_path = vae_file
+        loaded.networks = self._network_patcher(loaded)
         self._loaded, self._loaded_key = loaded, key
         return loaded
+
+    def _network_patcher(self, loaded: LoadedModel) -> NetworkPatcher:
+        """LoRA/LyCORIS from the prompt's tags, looked up in this manager's folders."""
+        from sfumato.adapters.network_registry import find_network, short_hash
+        from sfumato.adapters.patcher import NetworkPatcher
+
+        return NetworkPatcher(
+            loaded,
+            lambda name: find_network(self.settings, name),
+            lambda network: short_hash(network, self.hashes),
+        )
 
     @property
     def loaded(self) -> LoadedModel | None:

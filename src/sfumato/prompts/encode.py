@@ -28,7 +28,9 @@ from typing import Literal, Protocol
 import torch
 from transformers import CLIPTokenizer
 
+from sfumato.adapters.patcher import NETWORK_KINDS, Activation
 from sfumato.models.loader import LoadedModel
+from sfumato.prompts.extra_networks import ExtraNetworkCall
 from sfumato.prompts.parser import parse_attention
 
 CHUNK_TOKENS = 75
@@ -223,6 +225,21 @@ class PromptEncoder:
         self.lookup_for = lookup_for
         self.used_embeddings: dict[str, EmbeddingLike] = {}
         self._cache: dict[str, Conditioning] = {}
+
+    def activate_networks(self, calls: list[ExtraNetworkCall]) -> Activation:
+        """Apply the LoRA/LyCORIS networks the prompt's tags name to the model (its `networks`
+        patcher), dropping encodings made with other networks on; other tag kinds get a note."""
+        patcher = getattr(self.model, "networks", None)
+        activation = patcher.activate(calls) if patcher is not None else Activation()
+        if activation.changed:
+            self._cache.clear()
+        handled = NETWORK_KINDS if patcher is not None else ()
+        activation.notes.extend(
+            f"<{call.kind}:{call.name}> ignored: {call.kind} networks are not supported yet"
+            for call in calls
+            if call.kind not in handled
+        )
+        return activation
 
     def __call__(self, text: str) -> Conditioning:
         if text not in self._cache:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sfumato.adapters.patcher import Activation
 from sfumato.prompts.encode import Conditioning, PromptEncoder
 from sfumato.prompts.extra_networks import ExtraNetworkCall, extract_extra_networks
 from sfumato.prompts.parser import split_and
@@ -34,6 +35,7 @@ class ConditioningPlan:
     positive: list[tuple[Schedule, float]]
     batch_size: int
     extra_networks: list[ExtraNetworkCall] = field(default_factory=list)
+    activation: Activation = field(default_factory=Activation)  # what the tags did (encode_all)
     _batched: dict[str, Conditioning] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -63,8 +65,12 @@ class ConditioningPlan:
         ]
 
     def encode_all(self) -> None:
-        """Encode every text the schedules name now, before sampling starts (text encoders can then be
-        offloaded, and the first step is not slower than the rest)."""
+        """Put on the networks the tags ask for (they change the text encoders too), then encode every
+        text the schedules name, before sampling starts (text encoders can then be offloaded, and
+        the first step is not slower than the rest)."""
+        self.activation = self.encoder.activate_networks(self.extra_networks)
+        if self.activation.changed:
+            self._batched.clear()
         for schedule in [self.negative, *(s for s, _ in self.positive)]:
             for _, text in schedule:
                 self._batch(text)

@@ -43,7 +43,7 @@ def img2img(
     prepared = prepare_init(inputs, request, model.vae_scale_factor)
     job = prepare_job(model, request, prepared.image.size, embedding_lookup)
     job.result.notes[:0] = prepared.notes
-    job.result.params = prepared.params
+    job.result.params = {**prepared.params, **job.result.params}
     job.result.size = prepared.image.size
     if model.variant == "pix2pix" and request.image_cfg_scale is not None:
         job.result.params["Image CFG scale"] = request.image_cfg_scale

@@ -151,7 +151,8 @@ def sd_upscale(
                 sub,
                 embedding_lookup=embedding_lookup,
             )
-            if number == 0:
+            if number == 0:  # img2img's infotext keys (strength, Lora hashes …) are the tiles'
+                result.params = {**done.params, **result.params}
                 result.used_embeddings.update(done.used_embeddings)
                 result.notes.extend(n for n in done.notes if n not in result.notes)
             tiles.append((box, done.images[0].image))

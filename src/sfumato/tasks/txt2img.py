@@ -11,7 +11,6 @@ from PIL import Image
 from sfumato.errors import UserError
 from sfumato.models.loader import LoadedModel
 from sfumato.prompts.encode import EmbeddingLookup, PromptEncoder
-from sfumato.prompts.extra_networks import ExtraNetworkCall
 from sfumato.prompts.plan import ConditioningPlan
 from sfumato.request import GenerationRequest
 from sfumato.sampling.discrete import DiscreteSchedule
@@ -130,8 +129,12 @@ def prepare_job(
         encoder, request.prompt, request.negative_prompt, request.steps, request.batch_size
     )
     plan.encode_all()
+    lora_hashes = plan.activation.hashes_text()
     result = Txt2ImgResult(
-        images=[], used_embeddings=dict(encoder.used_embeddings), notes=_notes(plan.extra_networks)
+        images=[],
+        used_embeddings=dict(encoder.used_embeddings),
+        notes=plan.activation.notes,
+        params={"Lora hashes": lora_hashes} if lora_hashes else {},
     )
     return JobContext(
         request,
@@ -167,7 +170,8 @@ def generate(
         hires = plan_hires(
             request, size, model.vae_scale_factor, job.sampler.name, resolve_sampler(request)[1], upscalers
         )
-        job.result.params = {k: v for k, v in hires.params(request).items() if v is not None}
+        hires_params = {k: v for k, v in hires.params(request).items() if v is not None}
+        job.result.params = {**hires_params, **job.result.params}
         job.result.size = size  # A1111's "Size" is the first pass's
     image = image_guidance(model, job.shape[1:], request.batch_size)
     for first, seeds, subseeds in job.batches():
@@ -192,10 +196,3 @@ def generate(
         if interrupted:
             break
     return job.result
-
-
-def _notes(calls: list[ExtraNetworkCall]) -> list[str]:
-    """Warnings, never errors: tags naming networks we cannot apply (yet)."""
-    return [
-        f"<{call.kind}:{call.name}> ignored: {call.kind} networks are not supported yet" for call in calls
-    ]
