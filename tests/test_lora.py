@@ -234,3 +234,40 @@ def test_loras_list_shows_family_rank_alpha_hash_and_training_metadata(tmp_path,
     assert "not a valid safetensors" in rows["broken"]["note"]
     assert main(["loras", "list", "--data-dir", str(tmp_path)]) == 0
     assert "sdxl" in capsys.readouterr().out
+
+
+def test_diffusers_peft_and_processor_layouts_apply_like_kohya(tmp_path, tiny_models):
+    path, components = tiny_models["sd1"]
+    kohya = kohya_lora(components, rank=3, alpha=None, seed=4)
+    unet_names = {f"lora_unet_{n.replace('.', '_')}": n for n, _ in components.unet.named_modules()}
+    te_names = {
+        f"lora_te_text_model_{n.replace('.', '_')}": n for n, _ in components.text_encoder.named_modules()
+    }
+    peft, processor = {}, {}
+    for key, tensor in kohya.items():
+        layer, role = key.split(".", 1)
+        a_or_b = "lora_A" if role.startswith("lora_down") else "lora_B"
+        if layer in unet_names:
+            name = unet_names[layer]
+            peft[f"unet.{name}.{a_or_b}.weight"] = tensor
+            if ".attn1.to_" in name or ".attn2.to_" in name:  # diffusers' old attention-processor files
+                attention, projection = (
+                    name.rsplit(".", 1) if not name.endswith("to_out.0") else (name[:-9], "to_out")
+                )
+                updown = "down" if a_or_b == "lora_A" else "up"
+                processor[f"{attention}.processor.{projection}_lora.{updown}.weight"] = tensor
+        else:
+            peft[f"text_encoder.text_model.{te_names[layer]}.{a_or_b}.weight"] = tensor
+    write_network(tmp_path / "k.safetensors", kohya)
+    write_network(tmp_path / "p.safetensors", peft)
+    write_network(tmp_path / "o.safetensors", processor)
+    results = {}
+    for name in ("k", "p", "o"):
+        model = load(path)
+        report = activate(patcher_for(model, tmp_path), f"<lora:{name}:1>")
+        assert report.notes == [], report.notes
+        results[name] = weights(model)
+    for key, value in results["k"].items():
+        assert torch.equal(value, results["p"][key]), key
+        if key.startswith("unet.") and (".attn1.to_" in key or ".attn2.to_" in key):
+            assert torch.equal(value, results["o"][key]), key

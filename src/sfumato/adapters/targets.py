@@ -4,7 +4,8 @@ LoRA files name layers in three dialects, and all three occur in the wild for th
 - kohya/A1111 (`lora_unet_…`, `lora_te_…`, `lora_te1_…`/`lora_te2_…` for SDXL's two encoders): module
   paths with `_` for `.`; the UNet part in diffusers' names (SD1/SD2 LoRAs from sd-scripts) or in the
   original LDM names (SDXL LoRAs from sd-scripts, and LoRAs from LDM-based trainers);
-- diffusers/PEFT (`unet.…`, `text_encoder.…`, `text_encoder_2.…`): dotted diffusers/transformers names.
+- diffusers/PEFT (`unet.…`, `text_encoder.…`, `text_encoder_2.…`; UNet names without a prefix in
+  diffusers' old attention-processor files): dotted diffusers/transformers names.
 Every Linear and Conv2d of the UNet and the text encoders is indexed under each name it can have, so a
 lookup is one dictionary access. The LDM names come from the same module map the checkpoint exporter
 uses (`models.ldm_export`), so there is one source of truth for the renaming.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from sfumato.models.ldm_export import unet_to_ldm
@@ -51,6 +51,7 @@ def build_index(model: LoadedModel) -> dict[str, Target]:
         target = Target(f"unet.{name}", module, "unet")
         for spelling in (
             f"unet.{name}",
+            name,  # diffusers' old attention-processor files have no `unet.` prefix
             f"lora_unet_{_underscored(name)}",
             f"lora_unet_{_underscored(ldm_of[name])}",
         ):
@@ -72,7 +73,3 @@ def build_index(model: LoadedModel) -> dict[str, Target]:
             ):
                 index[spelling] = target
     return index
-
-
-def weight_of(target: Target) -> torch.Tensor:
-    return target.module.weight
