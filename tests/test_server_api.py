@@ -370,7 +370,7 @@ def test_img2img_outpainting_script(url):
     only_up = post(url, "/sdapi/v1/img2img", {**body, "script_args": [8, 0, 0, ["up"]]})
     tall = decode_png(only_up.json()["images"][0]).convert("RGB")
     assert tall.size == (64, 128) and tall.crop((0, 64, 64, 128)).tobytes() == picture.tobytes()
-    assert httpx.get(f"{url}/sdapi/v1/scripts").json()["img2img"] == [OUTPAINT.lower()]
+    assert OUTPAINT.lower() in httpx.get(f"{url}/sdapi/v1/scripts").json()["img2img"]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ Where we differ from A1111, on purpose:
 - an omitted `width`/`height` means the model's native size (512 for SD1 checkpoints, as in A1111;
   64 for the embedded default model);
 - asking for a feature this build does not have (face restoration, tiling, scripts other than
-  img2img's "Poor man's outpainting") is a 422 naming the field instead of being silently ignored, so
+  img2img's "Poor man's outpainting" and "SD upscale") is a 422 naming the field instead of being silently ignored, so
   a client never gets an image it did not ask for.
 """
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import html
 import json
+import re
+from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -29,13 +31,13 @@ from sfumato.pnginfo import read_metadata
 from sfumato.request import GenerationRequest, Img2ImgRequest, validated
 from sfumato.sampling.samplers import SAMPLERS
 from sfumato.sampling.schedules import SCHEDULES
-from sfumato.server import listings
+from sfumato.server import listings, sd_upscale_script
 from sfumato.server.images import decode_image, encode_png
 from sfumato.server.options import request_fields
 from sfumato.server.outpainting import SCRIPT_TITLE, is_outpainting, outpaint, parse_script_args
 from sfumato.server.state import ServerState
 from sfumato.tasks.common import resolve_seed
-from sfumato.tasks.extras import ResizeTarget, upscale, upscaler_names
+from sfumato.tasks.extras import FILTERS, ResizeTarget, upscale, upscaler_names
 from sfumato.tasks.hires import LATENT_UPSCALERS
 from sfumato.tasks.txt2img import resolve_sampler
 
@@ -181,19 +183,25 @@ def img2img_job_request(body: Img2ImgBody, state: ServerState) -> dict[str, Any]
     """An img2img job's request: the resolved generation fields, and the init image and mask as PNG
     base64 (they travel in the job, so a queued job survives a restart like a txt2img one). With the
     outpainting script the init image is the grown canvas and the mask its margins."""
-    unsupported_features(body, scripts=(SCRIPT_TITLE,))
+    unsupported_features(body, scripts=(SCRIPT_TITLE, sd_upscale_script.SCRIPT_TITLE))
     if not body.init_images:
         raise UserError("init_images: at least one image is needed", field="init_images")
     image, _ = decode_image(body.init_images[0], "init_images.0")
     mask = decode_image(body.mask, "mask")[0] if body.mask else None
     forced: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     if is_outpainting(body.script_name):
         if mask is not None:
             raise UserError(f"mask: {SCRIPT_TITLE} paints the new margins and takes no mask", field="mask")
         image, mask, forced = outpaint(image, parse_script_args(body.script_args))
+    elif sd_upscale_script.is_sd_upscale(body.script_name):
+        if mask is not None:
+            raise UserError("mask: SD upscale redraws the whole picture and takes no mask", field="mask")
+        names = upscaler_names(state.upscalers)
+        extra["sd_upscale"] = asdict(sd_upscale_script.parse_script_args(body.script_args, names))
     generation = generation_fields(body, state, Img2ImgRequest, forced)
     inputs = {"init_image": encode_png(image), "mask": encode_png(mask) if mask is not None else None}
-    return {"generation": generation, "inputs": inputs}
+    return {"generation": generation, "inputs": inputs, **extra}
 
 
 @router.post("/img2img", response_model=TextToImageResponse)
@@ -221,7 +229,7 @@ async def _generate(
     }
 
 
-def _extras(options: ExtrasOptions, data: str, field: str) -> tuple[str, str]:
+def _extras(options: ExtrasOptions, data: str, field: str, state: ServerState) -> tuple[str, str]:
     if options.gfpgan_visibility or options.codeformer_visibility:
         name = "gfpgan_visibility" if options.gfpgan_visibility else "codeformer_visibility"
         raise UserError(f"{name}: face restoration is not supported by this version of sfumato", field=name)
@@ -238,20 +246,24 @@ def _extras(options: ExtrasOptions, data: str, field: str) -> tuple[str, str]:
         upscaler_1=options.upscaler_1,
         upscaler_2=options.upscaler_2,
         visibility=options.extras_upscaler_2_visibility,
+        models=state.upscalers,
     )
     info = f"Postprocess upscaler: {options.upscaler_1}, size: {result.width}x{result.height}"
     return encode_png(result), html.escape(info)
 
 
 @router.post("/extra-single-image")
-def extra_single_image(body: ExtrasSingleImageBody) -> dict[str, Any]:
-    image, info = _extras(body, body.image, "image")
+def extra_single_image(body: ExtrasSingleImageBody, request: Request) -> dict[str, Any]:
+    image, info = _extras(body, body.image, "image", request.app.state.sfumato)
     return {"html_info": info, "image": image}
 
 
 @router.post("/extra-batch-images")
-def extra_batch_images(body: ExtrasBatchImagesBody) -> dict[str, Any]:
-    results = [_extras(body, item.data, f"imageList.{i}.data") for i, item in enumerate(body.imageList)]
+def extra_batch_images(body: ExtrasBatchImagesBody, request: Request) -> dict[str, Any]:
+    state = request.app.state.sfumato
+    results = [
+        _extras(body, item.data, f"imageList.{i}.data", state) for i, item in enumerate(body.imageList)
+    ]
     return {"html_info": "<br>".join(info for _, info in results), "images": [image for image, _ in results]}
 
 
@@ -316,11 +328,29 @@ def schedulers() -> list[dict[str, Any]]:
 
 
 @router.get("/upscalers")
-def upscalers() -> list[dict[str, Any]]:
-    return [
+def upscalers(request: Request) -> list[dict[str, Any]]:
+    """A1111's list: the built-in filters, then the model files (their scale read from the usual
+    "4x-…"/"…_x2" name, as the file is not opened for a listing; 4 when the name does not say)."""
+    built_in = [
         {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-        for name in upscaler_names()
+        for name in FILTERS
     ]
+    models = [
+        {
+            "name": e.name,
+            "model_name": e.name,
+            "model_path": str(e.path),
+            "model_url": None,
+            "scale": _named_scale(e.name),
+        }
+        for e in request.app.state.sfumato.upscalers.entries()
+    ]
+    return built_in + models
+
+
+def _named_scale(name: str) -> int:
+    match = re.search(r"(?:^|[^a-z0-9])(\d)x|x(\d)(?:$|[^0-9])", name.lower())
+    return int(match.group(1) or match.group(2)) if match else 4
 
 
 @router.get("/latent-upscale-modes")
@@ -368,7 +398,8 @@ def memory() -> dict[str, Any]:
 
 @router.get("/scripts")
 def scripts() -> dict[str, list[str]]:
-    return {"txt2img": [], "img2img": [SCRIPT_TITLE.lower()]}  # A1111 lists script titles in lower case
+    titles = [SCRIPT_TITLE, sd_upscale_script.SCRIPT_TITLE]
+    return {"txt2img": [], "img2img": [t.lower() for t in titles]}  # A1111 lists titles in lower case
 
 
 @router.post("/refresh-checkpoints")

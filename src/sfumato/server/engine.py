@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from sfumato import infotext
-from sfumato.app import Img2ImgJob, SavedImage, Txt2ImgJob, make_manager
+from sfumato.app import Img2ImgJob, SavedImage, SdUpscaleJob, Txt2ImgJob, make_manager
 from sfumato.models.loader import LoadedModel
 from sfumato.output import images_folder
 from sfumato.server.images import decode_image
@@ -27,6 +27,7 @@ from sfumato.server.preview import LatentPreviewer
 from sfumato.settings import Settings
 from sfumato.tasks.common import Progress
 from sfumato.tasks.img2img_inputs import Img2ImgInputs
+from sfumato.tasks.sd_upscale import SdUpscale
 
 SFUMATO_VERSION = "sfumato 0.1.0"
 
@@ -155,6 +156,9 @@ class Engine:
         inputs = job.request["inputs"]
         image, _ = decode_image(inputs["init_image"], "init_images.0")
         mask = decode_image(inputs["mask"], "mask")[0] if inputs.get("mask") else None
+        if job.request.get("sd_upscale"):
+            script = SdUpscale(**job.request["sd_upscale"])
+            return SdUpscaleJob(self.settings, fields, Img2ImgInputs(image, mask), script, **options)
         return Img2ImgJob(self.settings, fields, Img2ImgInputs(image, mask), **options)
 
     def _on_step(self, progress: Progress) -> None:

@@ -22,6 +22,7 @@ from sfumato.server.listings import checkpoint_title
 from sfumato.server.options import OptionsStore
 from sfumato.server.worker import Worker
 from sfumato.settings import Settings
+from sfumato.upscalers.models import ImageModels
 
 
 class JobFailed(Exception):
@@ -35,6 +36,9 @@ class ServerState:
         self.store = JobStore(settings.cache_dir / "server.sqlite3")
         self.engine = Engine(settings)
         self.hashes: HashCache = self.engine.manager.hashes
+        device = self.engine.manager.device
+        self.upscalers = ImageModels(settings, "upscalers", device)  # Extras' model upscalers
+        self.inpaint_models = ImageModels(settings, "inpaint", device)  # Clean's LaMa-style models
         self.options = OptionsStore(
             settings.cache_dir / "options.json",
             resolve_checkpoint=self._checkpoint_title,

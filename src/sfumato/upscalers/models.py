@@ -9,6 +9,7 @@ Real-ESRGAN, SwinIR, HAT, DAT, LaMa …) from the tensor names and shapes.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ class ImageModels:
         self.kind = kind
         self.device = device or torch.device("cpu")
         self._loaded: ImageModel | None = None
+        self._lock = threading.Lock()  # a server's requests share one instance
 
     def entries(self) -> list[ModelEntry]:
         found: dict[str, ModelEntry] = {}
@@ -148,7 +150,8 @@ class ImageModels:
         entry = self.find(name)
         if entry is None:
             raise unknown_name(self.kind.rstrip("s"), name, known or self.names(), field=field)
-        if self._loaded is None or self._loaded.path != entry.path:
-            self._loaded = None  # free the previous model before loading the next
-            self._loaded = load_image_model(entry, self.device)
-        return self._loaded
+        with self._lock:
+            if self._loaded is None or self._loaded.path != entry.path:
+                self._loaded = None  # free the previous model before loading the next
+                self._loaded = load_image_model(entry, self.device)
+            return self._loaded

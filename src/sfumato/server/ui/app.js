@@ -583,9 +583,12 @@ async function start() {
     await api("sdapi/v1/options", { method: "POST", body: { sd_model_checkpoint: e.target.value } });
   }));
 
-  const [samplers, schedulers, upscalers, latentModes] = await Promise.all([
+  const [samplers, schedulers, upscalers, latentModes, cleanMethods] = await Promise.all([
     api("sdapi/v1/samplers"), api("sdapi/v1/schedulers"), api("sdapi/v1/upscalers"), api("sdapi/v1/latent-upscale-modes"),
+    api("sfumato/v1/clean/methods"),
   ]);
+  const methodLabels = { telea: "Telea (fast marching)", ns: "Navier-Stokes" };
+  fillSelect($("#extras-form").elements.clean_method, cleanMethods.map((m) => [m, methodLabels[m] || m]), "telea");
   fillSelect($("#extras-form").elements.upscaler_1, upscalers.map((u) => [u.name, u.name]), "Lanczos");
   const hiresUpscalers = [...latentModes.map((m) => m.name), ...upscalers.map((u) => u.name).filter((n) => n !== "None")];
   fillSelect($("#txt2img-form").elements.hr_upscaler, hiresUpscalers.map((name) => [name, name]), "Latent");
