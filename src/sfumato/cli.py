@@ -17,6 +17,7 @@ from typing import Any
 from sfumato import __version__
 from sfumato.cli_extras import add_extras_parsers
 from sfumato.cli_images import add_gif2gif_parser, add_img2img_parser
+from sfumato.cli_tools import add_tools_parsers
 from sfumato.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gif2gif_parser(sub, _generation_args)
     sub.choices["gif2gif"].set_defaults(handler=cmd_gif2gif)
     add_extras_parsers(sub, _add_common)
+    add_tools_parsers(sub, _add_common, lambda args: _settings(args))
 
     info = sub.add_parser("png-info", help="show the generation parameters stored in an image")
     info.add_argument("file", type=Path)

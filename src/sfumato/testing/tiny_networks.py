@@ -1,10 +1,8 @@
 """Random LoRA/LyCORIS files for a tiny model, in the key layouts trainers write, for tests.
 
-`kohya_lora` writes what sd-scripts writes: `lora_unet_…` (diffusers module names for SD1/SD2, the
-original LDM names for SDXL, as sd-scripts' SDXL UNet is the original one), `lora_te_…` or
-`lora_te1_…`/`lora_te2_…`, `.lora_down.weight`/`.lora_up.weight`/`.alpha`, `ss_*` metadata. Targets
-are sd-scripts' defaults: the UNet's transformer blocks (attention, feed-forward, proj_in/out) and the
-text encoders' attention and MLP layers; `conv=True` adds the ResNet convolutions (LoCon).
+`kohya_lora` writes what sd-scripts writes (layers and names: `adapters.kohya_names`),
+`.lora_down.weight`/`.lora_up.weight`/`.alpha`, with `ss_*` metadata; `conv=True` adds the ResNet
+convolutions (LoCon).
 """
 
 from __future__ import annotations
@@ -17,29 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sfumato.models.ldm_export import unet_to_ldm
-
-Layers = dict[str, nn.Linear | nn.Conv2d]
-
-
-def unet_layers(unet: nn.Module, *, conv: bool = False) -> Layers:
-    """sd-scripts' default UNet targets (diffusers names)."""
-    layers: Layers = {}
-    for name, module in unet.named_modules():
-        if not isinstance(module, nn.Linear | nn.Conv2d):
-            continue
-        if ".attentions." in name or (conv and ".resnets." in name and name.endswith(("conv1", "conv2"))):
-            layers[name] = module
-    return layers
-
-
-def text_layers(encoder: nn.Module) -> Layers:
-    """sd-scripts' text-encoder targets, named without transformers' optional `text_model.` level."""
-    return {
-        name.removeprefix("text_model."): module
-        for name, module in encoder.named_modules()
-        if isinstance(module, nn.Linear) and (".self_attn." in name or ".mlp." in name)
-    }
+from sfumato.adapters.kohya_names import kohya_layers
 
 
 def lora_pair(
@@ -60,19 +36,10 @@ def lora_pair(
 
 def kohya_names(components: Any, *, conv: bool = False) -> dict[str, nn.Linear | nn.Conv2d]:
     """kohya key prefix -> module, for a TinyComponents (or anything with unet/text_encoder[_2])."""
-    sdxl = getattr(components, "text_encoder_2", None) is not None
-    unet = unet_layers(components.unet, conv=conv)
-    if sdxl:  # sd-scripts' SDXL UNet has the original LDM names
-        ldm = unet_to_ldm({f"{n}.weight": n for n in unet}, components.unet.config)  # type: ignore[arg-type]
-        renamed = {diffusers: key.removesuffix(".weight") for key, diffusers in ldm.items()}
-        names = {f"lora_unet_{renamed[n].replace('.', '_')}": m for n, m in unet.items()}
-    else:
-        names = {f"lora_unet_{n.replace('.', '_')}": m for n, m in unet.items()}
-    encoders = [components.text_encoder] + ([components.text_encoder_2] if sdxl else [])
-    for number, encoder in enumerate(encoders):
-        prefix = f"lora_te{number + 1}_" if sdxl else "lora_te_"
-        names |= {f"{prefix}text_model_{n.replace('.', '_')}": m for n, m in text_layers(encoder).items()}
-    return names
+    encoders = [components.text_encoder]
+    if getattr(components, "text_encoder_2", None) is not None:
+        encoders.append(components.text_encoder_2)
+    return kohya_layers(components.unet, encoders, conv=conv)
 
 
 def kohya_lora(

@@ -1,0 +1,1 @@
+"""Model tools that make new files: checkpoint merges, LoRA extraction, LoRAs baked into checkpoints."""
