@@ -13,18 +13,19 @@ from sfumato.models.registry import ModelEntry, scan_folder
 from sfumato.settings import Settings
 
 
-def network_entries(settings: Settings) -> list[ModelEntry]:
+def network_entries(settings: Settings, kind: str = "lora") -> list[ModelEntry]:
+    """The files of one network folder kind ("lora" or "hypernetworks"), first of a name winning."""
     found: dict[str, ModelEntry] = {}
-    for root in settings.model_dirs("lora"):
+    for root in settings.model_dirs(kind):
         for entry in scan_folder(root, allow_diffusers_dirs=False):
             found.setdefault(entry.name, entry)
     return list(found.values())
 
 
-def find_network(settings: Settings, name: str) -> Path | None:
+def find_network(settings: Settings, name: str, kind: str = "lora") -> Path | None:
     """A1111's lookup: the file's name without extension (or its path below the folder), exactly,
     then ignoring case."""
-    entries = network_entries(settings)
+    entries = network_entries(settings, kind)
     for matches in (
         lambda e: name in (e.name, e.path.stem),
         lambda e: name.lower() in (e.name.lower(), e.path.stem.lower()),

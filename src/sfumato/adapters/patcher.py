@@ -1,10 +1,14 @@
-"""LoRA/LyCORIS networks applied to a loaded model from the prompt's tags, and taken off again.
+"""Networks applied to a loaded model from the prompt's tags, and taken off again: LoRA/LyCORIS
+(`<lora:…>`, `<lyco:…>`) and A1111 hypernetworks (`<hypernet:…>`).
 
 Applying adds each layer's ΔW × multiplier to the weight in place (so sampling costs nothing extra per
 step), after copying the layer's original weight aside once. Taking the networks off copies the
 originals back: the base model returns bit for bit, with no reload. The next generation asking for the
 same networks at the same weights keeps them on (A1111 does the same); one asking for other networks or
 weights restores first, then applies.
+
+Hypernetworks change no weight: they run as pre-hooks on the attention layers' key and value
+projections (`adapters.hypernetwork`), removed when taken off.
 
 Only layers the file names and the model has are touched; a network whose layers the model does not
 have (made for another family) or whose shapes do not fit is skipped with a note naming it, and the
@@ -18,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from diffusers.models.attention_processor import Attention
 
+from sfumato.adapters.hypernetwork import Hypernetwork, load_hypernetwork
 from sfumato.adapters.network_files import NetworkFile, family_of, read_network
 from sfumato.adapters.network_math import ShapeMismatch, layer_delta
 from sfumato.adapters.targets import Target, build_index
@@ -27,6 +33,7 @@ from sfumato.models.loader import LoadedModel
 from sfumato.prompts.extra_networks import ExtraNetworkCall
 
 NETWORK_KINDS = ("lora", "lyco")  # A1111's tag names for LoRA and (older) LyCORIS networks
+HYPERNET = "hypernet"
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class NetworkUse:
     path: Path
     te: float
     unet: float
+    kind: str = "lora"
 
 
 @dataclass
@@ -60,10 +68,15 @@ class NetworkPatcher:
         model: LoadedModel,
         find: Callable[[str], Path | None],
         short_hash: Callable[[NetworkFile], str],
+        find_hypernetwork: Callable[[str], Path | None] | None = None,
     ) -> None:
         self.model = model
         self.find = find
         self.short_hash = short_hash
+        self.find_hypernetwork = find_hypernetwork
+        self.kinds = (*NETWORK_KINDS, HYPERNET) if find_hypernetwork else NETWORK_KINDS
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._hypernetworks: dict[Path, tuple[float, Hypernetwork]] = {}
         self._index: dict[str, Target] | None = None
         self._originals: dict[str, tuple[Target, torch.Tensor, torch.Tensor | None]] = {}
         self._active: tuple[NetworkUse, ...] = ()
@@ -77,8 +90,8 @@ class NetworkPatcher:
         return self._index
 
     def activate(self, calls: list[ExtraNetworkCall]) -> Activation:
-        """Put on exactly the networks `calls` name (LoRA/LyCORIS tags; other kinds are left to
-        their own handlers), taking off any others."""
+        """Put on exactly the networks `calls` name (the kinds in `self.kinds`; other tags are left
+        to their own handlers), taking off any others."""
         notes: list[str] = []
         uses = self._resolve(calls, notes)
         if uses == self._active:
@@ -91,7 +104,10 @@ class NetworkPatcher:
         return report
 
     def restore(self) -> None:
-        """Every changed layer back to its original weights, exactly."""
+        """Every changed layer back to its original weights, exactly; hypernetwork hooks removed."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
         with torch.no_grad():
             for target, weight, bias in self._originals.values():
                 target.module.weight.copy_(weight)
@@ -103,13 +119,16 @@ class NetworkPatcher:
     def _resolve(self, calls: list[ExtraNetworkCall], notes: list[str]) -> tuple[NetworkUse, ...]:
         uses = []
         for call in calls:
-            if call.kind not in NETWORK_KINDS:
+            if call.kind not in self.kinds:
                 continue
-            path = self.find(call.name)
+            hypernet = call.kind == HYPERNET
+            find = self.find_hypernetwork if hypernet else self.find
+            path = find(call.name) if find else None
             if path is None:
-                notes.append(f"LoRA {call.name!r} not found in the LoRA folders: skipped")
+                what = "hypernetwork" if hypernet else "LoRA"
+                notes.append(f"{what} {call.name!r} not found in the {what} folders: skipped")
                 continue
-            uses.append(NetworkUse(call.name, path, call.te_multiplier, call.unet_multiplier))
+            uses.append(NetworkUse(call.name, path, call.te_multiplier, call.unet_multiplier, call.kind))
         return tuple(uses)
 
     def _file(self, path: Path) -> NetworkFile:
@@ -120,6 +139,9 @@ class NetworkPatcher:
         return self._files[path][1]
 
     def _apply(self, use: NetworkUse, report: Activation) -> None:
+        if use.kind == HYPERNET:
+            self._apply_hypernetwork(use, report)
+            return
         try:
             network = self._file(use.path)
         except UserError as exc:
@@ -167,3 +189,38 @@ class NetworkPatcher:
         module = target.module
         bias = module.bias.detach().clone() if module.bias is not None else None
         self._originals[target.name] = (target, module.weight.detach().clone(), bias)
+
+    def _apply_hypernetwork(self, use: NetworkUse, report: Activation) -> None:
+        """Pre-hooks on every attention's key and value projection whose input width the file has."""
+        try:
+            mtime = use.path.stat().st_mtime
+            cached = self._hypernetworks.get(use.path)
+            if cached is None or cached[0] != mtime:
+                cached = (mtime, load_hypernetwork(use.path).to(self.model.device))
+                self._hypernetworks[use.path] = cached
+        except UserError as exc:
+            report.notes.append(f"hypernetwork {use.name!r} skipped: {exc}")
+            return
+        network = cached[1]
+        network.set_multiplier(use.te)
+        hooked = 0
+        for module in self.model.unet.modules():
+            if not isinstance(module, Attention):
+                continue
+            modules = network.layers.get(module.to_k.in_features)
+            if modules is None:
+                continue
+            for projection, hyper in zip((module.to_k, module.to_v), modules, strict=True):
+                self._hooks.append(projection.register_forward_pre_hook(_rewrite_input(hyper)))
+            hooked += 1
+        if not hooked:
+            report.notes.append(
+                f"hypernetwork {use.name!r} skipped: none of its widths is an attention width of this model"
+            )
+
+
+def _rewrite_input(hyper: torch.nn.Module) -> Callable:
+    def hook(module: torch.nn.Module, args: tuple) -> tuple:
+        return (hyper(args[0]), *args[1:])
+
+    return hook

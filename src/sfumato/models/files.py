@@ -105,8 +105,14 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 def load_pickled_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a `.ckpt`/`.pt` with torch's safe unpickler; refuse anything that needs arbitrary code."""
+    return _unwrap_state_dict(load_pickled_object(path), path)
+
+
+def load_pickled_object(path: Path) -> object:
+    """A pickle's plain content (tensors in dicts, lists, tuples, numbers, strings) through torch's
+    weights-only unpickler; a pickle that needs any other class is refused, never run."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         raise ModelFileError(
             f"{path}: refused to load — this pickle needs arbitrary code to unpickle, which could run "
@@ -115,9 +121,8 @@ def load_pickled_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelFileError(
-            f"{path}: cannot read this checkpoint ({exc}); it may be truncated or corrupt"
+            f"{path}: cannot read this file ({exc}); it may be truncated or corrupt"
         ) from exc
-    return _unwrap_state_dict(obj, path)
 
 
 def open_state_dict(path: Path) -> Mapping[str, torch.Tensor]:

@@ -227,7 +227,7 @@ class ModelManager:
         return loaded
 
     def _network_patcher(self, loaded: LoadedModel) -> NetworkPatcher:
-        """LoRA/LyCORIS from the prompt's tags, looked up in this manager's folders."""
+        """LoRA/LyCORIS and hypernetworks from the prompt's tags, looked up in this manager's folders."""
         from sfumato.adapters.network_registry import find_network, short_hash
         from sfumato.adapters.patcher import NetworkPatcher
 
@@ -235,6 +235,7 @@ class ModelManager:
             loaded,
             lambda name: find_network(self.settings, name),
             lambda network: short_hash(network, self.hashes),
+            lambda name: find_network(self.settings, name, kind="hypernetworks"),
         )
 
     @property

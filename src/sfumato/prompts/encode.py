@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 import torch
 from transformers import CLIPTokenizer
 
-from sfumato.adapters.patcher import NETWORK_KINDS, Activation
+from sfumato.adapters.patcher import Activation
 from sfumato.models.loader import LoadedModel
 from sfumato.prompts.extra_networks import ExtraNetworkCall
 from sfumato.prompts.parser import parse_attention
@@ -233,7 +233,7 @@ class PromptEncoder:
         activation = patcher.activate(calls) if patcher is not None else Activation()
         if activation.changed:
             self._cache.clear()
-        handled = NETWORK_KINDS if patcher is not None else ()
+        handled = patcher.kinds if patcher is not None else ()
         activation.notes.extend(
             f"<{call.kind}:{call.name}> ignored: {call.kind} networks are not supported yet"
             for call in calls

@@ -62,3 +62,49 @@ def write_network(
     """A safetensors network file with kohya-style `ss_*` metadata (all values strings)."""
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+
+
+def a1111_hypernetwork(
+    widths: list[int],
+    *,
+    layer_structure: tuple[float, ...] = (1, 2, 1),
+    activation: str = "relu",
+    layer_norm: bool = True,
+    dropout: tuple[float, ...] | None = (0, 0.3, 0),
+    activate_output: bool = False,
+    seed: int = 0,
+) -> dict[Any, Any]:
+    """An A1111 hypernetwork's saved dict, its `linear` Sequentials numbered as A1111 builds them:
+    per layer a Linear, then the activation (not after the last Linear unless `activate_output`),
+    a LayerNorm if `layer_norm`, a Dropout where `dropout` says."""
+    generator = torch.Generator().manual_seed(seed)
+    data: dict[Any, Any] = {}
+    for width in widths:
+        pair = []
+        for _ in range(2):
+            state: dict[str, torch.Tensor] = {}
+            index = 0
+            for i in range(len(layer_structure) - 1):
+                fan_in, fan_out = int(width * layer_structure[i]), int(width * layer_structure[i + 1])
+                state[f"linear.{index}.weight"] = (
+                    torch.randn(fan_out, fan_in, generator=generator) / fan_in**0.5
+                )
+                state[f"linear.{index}.bias"] = torch.randn(fan_out, generator=generator) * 0.1
+                index += 1
+                if activation != "linear" and (i < len(layer_structure) - 2 or activate_output):
+                    index += 1
+                if layer_norm:
+                    state[f"linear.{index}.weight"] = 1 + torch.randn(fan_out, generator=generator) * 0.1
+                    state[f"linear.{index}.bias"] = torch.randn(fan_out, generator=generator) * 0.1
+                    index += 1
+                if dropout is not None and dropout[i + 1] > 0:
+                    index += 1
+            pair.append(state)
+        data[width] = tuple(pair)
+    data |= {
+        "step": 100, "name": "tiny", "layer_structure": list(layer_structure), "activation_func": activation,
+        "is_layer_norm": layer_norm, "weight_initialization": "Normal", "use_dropout": dropout is not None,
+        "dropout_structure": list(dropout) if dropout else None, "activate_output": activate_output,
+        "last_layer_dropout": False, "sd_checkpoint": None, "sd_checkpoint_name": None,
+    }  # fmt: skip
+    return data
