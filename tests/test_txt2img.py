@@ -76,3 +76,28 @@ def test_progress_reports_every_step(sd1):
 def test_size_must_suit_the_vae(sd1):
     with pytest.raises(UserError, match="multiple of 8"):
         build_request(prompt="x", width=60, height=64)
+
+
+def test_a_half_precision_vae_that_overflows_decodes_again_in_fp32(tiny_models, capsys):
+    """A1111 #7633: SDXL's VAE makes NaN in fp16. The image is decoded again in fp32, not saved black."""
+    from sfumato.models.loader import load_checkpoint
+    from sfumato.tasks.common import decode_latents
+
+    half = load_checkpoint(tiny_models["sd1"][0], device=torch.device("cpu"), dtype=torch.float16)
+    full = load_checkpoint(tiny_models["sd1"][0], device=torch.device("cpu"), dtype=torch.float32)
+    real_decode = half.vae.decode
+
+    def overflowing(latents, *args, **kwargs):
+        out = real_decode(latents, *args, **kwargs)
+        if latents.dtype == torch.float16:
+            out.sample[..., 0, 0] = torch.nan
+        return out
+
+    half.vae.decode = overflowing
+    full.vae.load_state_dict({k: v.float() for k, v in half.vae.state_dict().items()})  # same rounded weights
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    images = decode_latents(half, latents)
+    assert "overflowed in fp16" in capsys.readouterr().err
+    expected = decode_latents(full, latents)
+    assert [i.tobytes() for i in images] == [i.tobytes() for i in expected]
+    assert next(half.vae.parameters()).dtype == torch.float16  # back to its own dtype afterwards

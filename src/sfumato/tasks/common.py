@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,12 +49,12 @@ class RunControl:
 
 
 @contextmanager
-def vae_dtype(model: LoadedModel) -> Iterator[torch.dtype]:
+def vae_dtype(model: LoadedModel, *, force: bool = False) -> Iterator[torch.dtype]:
     """The dtype to run the VAE in: its own, except that a VAE which overflows in fp16 (SDXL's,
-    `force_upcast`) runs in fp32 for the duration."""
+    `force_upcast`, or any when `force`) runs in fp32 for the duration."""
     vae = model.vae
     dtype = next(vae.parameters()).dtype
-    upcast = bool(vae.config.get("force_upcast")) and dtype == torch.float16
+    upcast = (force or bool(vae.config.get("force_upcast"))) and dtype == torch.float16
     if not upcast:
         yield dtype
         return
@@ -66,15 +67,24 @@ def vae_dtype(model: LoadedModel) -> Iterator[torch.dtype]:
 
 @torch.no_grad()
 def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE-decode latents to RGB images, one at a time: the decoder is the memory peak at large sizes."""
-    images = []
+    """VAE-decode latents to RGB images, one at a time: the decoder is the memory peak at large sizes.
+
+    A half-precision VAE that overflows (NaN: SDXL's original VAE, A1111 #7633) decodes that image
+    again in fp32 (A1111's "revert VAE to 32-bit floats"), so the user never gets a black picture."""
+    return [_decode_one(model, one) for one in latents.split(1)]
+
+
+def _decode_one(model: LoadedModel, latents: torch.Tensor) -> Image.Image:
     with vae_dtype(model) as dtype:
-        scaled = latents.to(model.device, dtype) / model.vae.config.scaling_factor
-        for one in scaled.split(1):
-            pixels = model.vae.decode(one).sample
-            pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            images.append(Image.fromarray(pixels[0].permute(1, 2, 0).cpu().numpy()))
-    return images
+        pixels = model.vae.decode(latents.to(model.device, dtype) / model.vae.config.scaling_factor).sample
+    if dtype == torch.float16 and not torch.isfinite(pixels).all():
+        print("sfumato: the VAE overflowed in fp16; decoding this image in fp32", file=sys.stderr)
+        with vae_dtype(model, force=True) as dtype:
+            pixels = model.vae.decode(
+                latents.to(model.device, dtype) / model.vae.config.scaling_factor
+            ).sample
+    pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(pixels[0].permute(1, 2, 0).cpu().numpy())
 
 
 def image_to_pixels(image: Image.Image) -> torch.Tensor:
