@@ -8,20 +8,24 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 from server_helpers import TINY, running_server
+
+from sfumato.testing.tiny_networks import kohya_lora, write_network
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # Makefile installs Debian's
 
 
-@pytest.fixture
-def page(data_dir):
+def open_page(data_dir: Path) -> Iterator:
+    """The UI over a server of `data_dir`, in headless Chromium; fails if the page threw."""
     with running_server(data_dir) as base, sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -35,6 +39,35 @@ def page(data_dir):
         yield page
         browser.close()
         assert not errors, errors  # no uncaught JavaScript error on the way
+
+
+@pytest.fixture
+def page(data_dir):
+    yield from open_page(data_dir)
+
+
+@pytest.fixture
+def networks_page(data_dir, tiny_models):
+    """The page with LoRAs (one for the checkpoint's family, one for SDXL) and an embedding to pick."""
+    loras = data_dir / "models" / "Lora"
+    loras.mkdir(parents=True)
+    components = tiny_models["sd1"][1]
+    tags = {"ss_tag_frequency": {"10_style": {"painterly": 4, "soft light": 2}}}
+    write_network(
+        loras / "style.safetensors", kohya_lora(components), {"ss_base_model_version": "sd_v1", **tags}
+    )
+    write_network(
+        loras / "xl-detail.safetensors",
+        kohya_lora(components, seed=1),
+        {"ss_base_model_version": "sdxl_base_v1-0"},
+    )
+    (data_dir / "embeddings").mkdir()
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))  # the tiny SD1's width
+    torch.save(
+        {"string_to_param": {"*": vectors}, "name": "mystyle", "step": 100},
+        data_dir / "embeddings" / "mystyle.pt",
+    )
+    yield from open_page(data_dir)
 
 
 def shot(page, name: str) -> None:
@@ -365,3 +398,81 @@ def test_txt2img_hires_fix_doubles_the_size(page):
     expect(page.locator(f"{T2I} .infotext")).to_contain_text("Hires upscale: 2")
     expect(page.locator(f"{T2I} .infotext")).to_contain_text("Hires upscaler: Latent (bicubic)")
     shot(page, "txt2img-hires")
+
+
+def test_networks_picker_puts_loras_and_embeddings_in_the_prompt(networks_page, data_dir, tiny_models):
+    page = networks_page
+    prompt = page.locator(f"{T2I} textarea[name=prompt]")
+    picker = page.locator(f"{T2I} .networks")
+    cards = picker.locator(".card")
+    expect(cards).to_have_count(3)
+    page.click(f"{T2I} .networks summary")
+    style, xl, mystyle = (
+        picker.locator(".card", has_text=name) for name in ("style", "xl-detail", "mystyle")
+    )
+    expect(style.first).to_contain_text("SD1 · rank 4")
+    expect(style.first).to_contain_text("triggers: painterly, soft light")
+    expect(picker.locator(".networks-embeddings .card")).to_contain_text("2 vectors")
+    assert "other-family" not in (style.first.get_attribute("class") or "")
+    assert "other-family" in (xl.get_attribute("class") or "")  # an SDXL LoRA on an SD1 checkpoint
+    title = xl.get_attribute("title") or ""
+    assert "another family" in title and "SDXL" in title
+
+    page.fill(f"{T2I} .networks-search", "painterly")  # a trigger word finds its LoRA
+    expect(picker.locator(".card:visible")).to_have_count(1)
+    page.fill(f"{T2I} .networks-search", "STY")  # names, ignoring case
+    expect(picker.locator(".card:visible")).to_have_count(2)
+    expect(xl).to_be_hidden()
+
+    style_card = picker.locator(".networks-loras .card", has_text="style")
+    page.fill(f"{T2I} textarea[name=prompt]", "a red circle")
+    style_card.click()
+    expect(prompt).to_have_value("a red circle <lora:style:1>")
+    expect(style_card).to_have_attribute("aria-pressed", "true")
+    style_card.click()  # again: taken out
+    expect(prompt).to_have_value("a red circle")
+    expect(style_card).to_have_attribute("aria-pressed", "false")
+    page.fill(f"{T2I} textarea[name=prompt]", "<lora:style:0.6> a red circle")  # typed with its own weight
+    expect(style_card).to_have_attribute("aria-pressed", "true")
+    style_card.click()
+    expect(prompt).to_have_value("a red circle")
+    style_card.click()
+    mystyle.click()
+    expect(prompt).to_have_value("a red circle <lora:style:1> mystyle")
+    page.fill(f"{T2I} .networks-search", "")
+    expect(cards).to_have_count(3)
+    expect(picker.locator(".card[aria-pressed=true]")).to_have_count(2)
+    shot(page, "networks-picker")
+    expect(page.locator(f"{I2I} textarea[name=prompt]")).to_have_value("")  # each tab has its own
+
+    page.fill(f"{T2I} input[name=steps]", "2")
+    page.fill(f"{T2I} input[name=width]", "64")
+    page.fill(f"{T2I} input[name=height]", "64")
+    page.click(f"{T2I} .generate")
+    expect(page.locator(f"{T2I} .gallery img.result")).to_have_count(1, timeout=60_000)
+    expect(page.locator(f"{T2I} .infotext")).to_contain_text(
+        re.compile(r'Lora hashes: "style: [0-9a-f]{12}"')
+    )
+    expect(page.locator(f"{T2I} .infotext")).to_contain_text("TI hashes")
+
+    page.click("[data-tab=img2img]")  # the img2img tab's own picker writes into its own prompt
+    page.click(f"{I2I} .networks summary")
+    page.locator(f"{I2I} .networks-loras .card", has_text="style").click()
+    expect(page.locator(f"{I2I} textarea[name=prompt]")).to_have_value("<lora:style:1>")
+    new = kohya_lora(tiny_models["sd1"][1], seed=2)
+    write_network(data_dir / "models" / "Lora" / "new-one.safetensors", new)
+    page.click(f"{I2I} .networks-refresh")  # reads the folders again
+    expect(page.locator(f"{I2I} .networks-loras .card")).to_have_count(3)
+    expect(page.locator(f"{I2I} .networks-loras .card", has_text="style")).to_have_attribute(
+        "aria-pressed", "true"
+    )
+
+    page.click("[data-tab=models]")
+    row = page.locator("#models-loras .lora-entry", has_text="style").first
+    expect(row.locator("summary")).to_contain_text("SD1")
+    expect(row.locator("summary")).to_contain_text("painterly, soft light")
+    expect(row.locator("dl")).to_be_hidden()
+    row.locator("summary").click()
+    expect(row.locator("dl")).to_contain_text("ss_base_model_version")
+    expect(row.locator("dl")).to_contain_text("sd_v1")
+    shot(page, "models-loras")

@@ -362,7 +362,7 @@ def latent_upscale_modes() -> list[dict[str, Any]]:
 @router.get("/sd-models")
 def sd_models(request: Request) -> list[dict[str, Any]]:
     state: ServerState = request.app.state.sfumato
-    return listings.sd_models(state.settings, state.hashes)
+    return listings.sd_models(state.settings, state.hashes, state.facts, state.engine.manager.loaded)
 
 
 @router.get("/sd-vae")
@@ -372,7 +372,10 @@ def sd_vae(request: Request) -> list[dict[str, Any]]:
 
 @router.get("/loras")
 def loras(request: Request) -> list[dict[str, Any]]:
-    return listings.loras(request.app.state.sfumato.settings)
+    """A1111's `[{name, alias, path, metadata}]` plus sfumato's family, kinds, rank, alpha, hash (the
+    short hash of "Lora hashes"), trigger_words and base_model; an unreadable file has a `note`."""
+    state: ServerState = request.app.state.sfumato
+    return listings.loras(state.settings, state.hashes, state.facts)
 
 
 @router.get("/hypernetworks")

@@ -3,7 +3,9 @@
 Folders are scanned on every call (they are small directory walks), so A1111's refresh-* endpoints
 have nothing to invalidate. Hashes: a file's sha256 is read from the hash cache, or computed when the
 file is small; a large checkpoint shows its hash once a generation (or `sfumato models list`) has
-computed it, as A1111 shows titles without a hash until it knows one.
+computed it, as A1111 shows titles without a hash until it knows one. What else a listing reads from
+inside a file (a checkpoint's family, a LoRA's rank and short hash) is kept in `FileFacts` while the
+file is unchanged, so a listing reads each file once, not on every call.
 """
 
 from __future__ import annotations
@@ -11,17 +13,45 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
+from sfumato.adapters.network_registry import describe_network, network_entries
+from sfumato.errors import UserError
+from sfumato.models.detect import detect_checkpoint
+from sfumato.models.files import SAFETENSORS_SUFFIXES, open_state_dict
 from sfumato.models.hashes import HashCache
+from sfumato.models.loader import LoadedModel, _family_of_diffusers
 from sfumato.models.registry import ModelEntry, list_vaes, scan_folder, selectable_checkpoints
 from sfumato.prompts.embeddings import EmbeddingDatabase
 from sfumato.settings import Settings
 
 HASH_AT_ONCE_BYTES = 256 << 20
+
+
+class FileFacts:
+    """What listings read from inside model files, remembered per file (by resolved path) while its
+    size and mtime stay the same. Safe to share between the server's request threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, str], tuple[int, int, Any]] = {}
+
+    def get(self, kind: str, path: Path, read: Callable[[], Any]) -> Any:
+        stat = path.stat()
+        key = (kind, str(path.resolve()))
+        with self._lock:
+            known = self._known.get(key)
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        value = read()  # outside the lock: a slow file does not hold up the other listings
+        with self._lock:
+            self._known[key] = (stat.st_size, stat.st_mtime_ns, value)
+        return value
 
 
 def known_sha256(path: Path, hashes: HashCache) -> str | None:
@@ -39,10 +69,32 @@ def checkpoint_title(entry: ModelEntry, hashes: HashCache) -> str:
     return f"{entry.relative} [{sha[:10]}]" if sha else entry.relative
 
 
-def sd_models(settings: Settings, hashes: HashCache) -> list[dict[str, Any]]:
+def checkpoint_family(path: Path) -> str | None:
+    """sd1, sd2 or sdxl from a safetensors header (tensor names and shapes) or a diffusers folder's
+    configs; None for a pickle (reading one means loading all of it) and for what cannot be read."""
+    try:
+        if path.is_dir():
+            index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+            unet = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+            return _family_of_diffusers(unet, "text_encoder_2" in index)
+        if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+            return None
+        return detect_checkpoint(open_state_dict(path), name=str(path)).family
+    except (UserError, OSError, ValueError, AttributeError):
+        return None
+
+
+def sd_models(
+    settings: Settings, hashes: HashCache, facts: FileFacts, loaded: LoadedModel | None = None
+) -> list[dict[str, Any]]:
+    """A1111's rows, plus sfumato's `family` (sd1/sd2/sdxl, null when unknown); a pickled checkpoint's
+    family is known once it is the loaded model."""
     rows = []
     for entry in selectable_checkpoints(settings):
         sha = known_sha256(entry.path, hashes)
+        family = facts.get("family", entry.path, lambda e=entry: checkpoint_family(e.path))
+        if family is None and loaded is not None and loaded.path.resolve() == entry.path.resolve():
+            family = loaded.family
         rows.append(
             {
                 "title": checkpoint_title(entry, hashes),
@@ -51,6 +103,7 @@ def sd_models(settings: Settings, hashes: HashCache) -> list[dict[str, Any]]:
                 "sha256": sha,
                 "filename": str(entry.path),
                 "config": None,
+                "family": family,
             }
         )
     return rows
@@ -74,7 +127,7 @@ def safetensors_metadata(path: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except (OSError, ValueError, RuntimeError):  # safetensors raises SafetensorError (a RuntimeError)
+    except (SafetensorError, OSError, ValueError, RuntimeError):
         return {}
     decoded: dict[str, Any] = {}
     for key, value in metadata.items():
@@ -85,19 +138,33 @@ def safetensors_metadata(path: Path) -> dict[str, Any]:
     return decoded
 
 
-def loras(settings: Settings) -> list[dict[str, Any]]:
-    rows = []
-    for entry in _entries(settings, "lora"):
-        metadata = safetensors_metadata(entry.path)
-        rows.append(
-            {
-                "name": entry.path.stem,
-                "alias": metadata.get("ss_output_name", entry.path.stem),
-                "path": str(entry.path),
-                "metadata": metadata,
-            }
-        )
-    return rows
+LORA_FIELDS = ("family", "kinds", "rank", "alpha", "hash", "trigger_words", "base_model")
+
+
+def lora_row(entry: ModelEntry, hashes: HashCache) -> dict[str, Any]:
+    """A1111's fields (name, alias, path, metadata) and sfumato's from `describe_network`; a file that
+    cannot be read gets empty values and a `note` saying why."""
+    metadata = safetensors_metadata(entry.path)
+    row: dict[str, Any] = {
+        "name": entry.path.stem,
+        "alias": metadata.get("ss_output_name", entry.path.stem),
+        "path": str(entry.path),
+        "metadata": metadata,
+    }
+    try:
+        described = describe_network(entry, hashes)
+    except (UserError, OSError) as exc:
+        return {**row, "family": None, "kinds": [], "rank": None, "alpha": None, "hash": None,
+                "trigger_words": [], "base_model": None, "note": str(exc)}  # fmt: skip
+    return {**row, **{field: described[field] for field in LORA_FIELDS}}
+
+
+def loras(settings: Settings, hashes: HashCache, facts: FileFacts) -> list[dict[str, Any]]:
+    """A1111's `/loras` rows (the files prompt tags can name), each file read once while unchanged."""
+    return [
+        facts.get("lora", entry.path, lambda e=entry: lora_row(e, hashes))
+        for entry in network_entries(settings)
+    ]
 
 
 def hypernetworks(settings: Settings) -> list[dict[str, Any]]:

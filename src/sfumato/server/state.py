@@ -18,7 +18,7 @@ from sfumato.models.registry import ModelEntry, list_vaes, resolve_model_path, s
 from sfumato.server.engine import Engine
 from sfumato.server.images import encode_png
 from sfumato.server.jobs import Job, JobStore
-from sfumato.server.listings import checkpoint_title
+from sfumato.server.listings import FileFacts, checkpoint_title
 from sfumato.server.options import OptionsStore
 from sfumato.server.worker import Worker
 from sfumato.settings import Settings
@@ -36,6 +36,7 @@ class ServerState:
         self.store = JobStore(settings.cache_dir / "server.sqlite3")
         self.engine = Engine(settings)
         self.hashes: HashCache = self.engine.manager.hashes
+        self.facts = FileFacts()  # what the listings read inside model files, kept while unchanged
         device = self.engine.manager.device
         self.upscalers = ImageModels(settings, "upscalers", device)  # Extras' model upscalers
         self.inpaint_models = ImageModels(settings, "inpaint", device)  # Clean's LaMa-style models

@@ -5,7 +5,7 @@
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const $$ = (selector, root = document) => [...root.querySelectorAll(selector)];
-const state = { pngParameters: null, pngImage: null, panels: {}, paints: {} };
+const state = { pngParameters: null, pngImage: null, panels: {}, paints: {}, models: [], networks: { loras: [], embeddings: [] } };
 const MASK_COLOUR = "#ff3d8b"; // how the painted mask shows (half transparent); only its shape is sent
 
 function showMessage(text) {
@@ -160,6 +160,113 @@ function applyParameters(form, p) {
   }
 }
 
+// --- extra networks: LoRA and embedding cards that write themselves into the prompt ------------
+
+const FAMILY_NAMES = { sd1: "SD1", sd2: "SD2", sdxl: "SDXL" };
+
+function familyName(family) {
+  return FAMILY_NAMES[family] || family || "";
+}
+
+function escapeRegExp(text) {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+// How a network shows in a prompt (a regular expression's source): a LoRA as its tag with any
+// weights, an embedding as its name standing alone (not part of a longer word).
+const loraInPrompt = (name) => `<lora:${escapeRegExp(name)}(?::[^>]*)?>`;
+const wordInPrompt = (word) => `(?<![\\w-])${escapeRegExp(word)}(?![\\w-])`;
+
+// A1111's click on an extra network card: the text goes at the end of the prompt after a space; if
+// the network is in the prompt already, it is taken out instead (with the space before it).
+function toggleInPrompt(textarea, text, source) {
+  const prompt = textarea.value;
+  if (new RegExp(source).test(prompt)) {
+    const removed = prompt.replace(new RegExp(`\\s*${source}`, "g"), "");
+    textarea.value = /^\s/.test(prompt) ? removed : removed.trimStart();
+  } else {
+    textarea.value = prompt && !/\s$/.test(prompt) ? `${prompt} ${text}` : `${prompt}${text}`;
+  }
+  textarea.dispatchEvent(new Event("input", { bubbles: true }));
+}
+
+// The "Networks" section of a generation tab: cards for the LoRA files and the embeddings, a search
+// box over names and trigger words. A card is pressed while its network is in the prompt.
+class NetworkPicker {
+  constructor(root, prompt) {
+    this.root = root;
+    this.prompt = prompt;
+    this.cards = []; // [{card, source}] source: how the network shows in the prompt
+    this.search = $(".networks-search", root);
+    this.search.addEventListener("input", () => this.filter());
+    this.search.addEventListener("keydown", (e) => { if (e.key === "Enter") e.preventDefault(); }); // not Generate
+    $(".networks-refresh", root).addEventListener("click", guarded(refreshModels));
+    prompt.addEventListener("input", () => this.markUsed());
+  }
+
+  card(name, lines, text, source, words = []) {
+    const card = element("button", { type: "button", class: "card", "aria-pressed": "false",
+      dataset: { search: [name, ...words].join("\n").toLowerCase() } },
+      [element("span", { class: "card-name", text: name }), ...lines.filter(Boolean).map((line) => element("span", { class: "card-detail", text: line }))]);
+    card.addEventListener("click", () => toggleInPrompt(this.prompt, text, source));
+    this.cards.push({ card, source });
+    return card;
+  }
+
+  loraCard(lora, checkpointFamily) {
+    const detail = [familyName(lora.family) || "family unknown", lora.rank ? `rank ${lora.rank}` : "",
+      lora.kinds.filter((k) => k !== "lora").join(", ")].filter(Boolean).join(" · ");
+    const words = lora.trigger_words.length ? `triggers: ${lora.trigger_words.slice(0, 5).join(", ")}` : "";
+    const tag = `<lora:${lora.name}:1>`;
+    const card = this.card(lora.name, [detail, words], tag, loraInPrompt(lora.name), [lora.alias, ...lora.trigger_words]);
+    card.title = `adds ${tag} to the prompt`;
+    if (lora.note) {
+      card.disabled = true;
+      card.classList.add("broken");
+      card.title = lora.note;
+    } else if (checkpointFamily && lora.family && lora.family !== checkpointFamily) {
+      card.classList.add("other-family");
+      card.title = `for another family: ${familyName(lora.family)} checkpoints (the checkpoint is ${familyName(checkpointFamily)})`;
+    }
+    return card;
+  }
+
+  render({ loras, embeddings }, checkpointFamily) {
+    this.cards = [];
+    const empty = (text) => element("p", { class: "hint", text });
+    $(".networks-loras", this.root).replaceChildren(...(loras.length
+      ? loras.map((lora) => this.loraCard(lora, checkpointFamily))
+      : [empty("No LoRA files: put them in models/Lora.")]));
+    $(".networks-embeddings", this.root).replaceChildren(...(embeddings.length
+      ? embeddings.map(([name, e]) => {
+          const card = this.card(name, [`${e.vectors} ${e.vectors === 1 ? "vector" : "vectors"}`], name, wordInPrompt(name));
+          card.title = `adds ${name} to the prompt`;
+          return card;
+        })
+      : [empty("No embeddings: put them in embeddings/.")]));
+    this.filter();
+    this.markUsed();
+  }
+
+  filter() {
+    const query = this.search.value.trim().toLowerCase();
+    for (const { card } of this.cards) card.hidden = Boolean(query) && !card.dataset.search.includes(query);
+  }
+
+  markUsed() {
+    for (const { card, source } of this.cards) card.setAttribute("aria-pressed", String(new RegExp(source).test(this.prompt.value)));
+  }
+}
+
+function checkpointFamily() {
+  const model = state.models.find((m) => m.title === $("#checkpoint").value);
+  return model ? model.family : null;
+}
+
+function renderNetworks() {
+  for (const panel of Object.values(state.panels)) panel.networks.render(state.networks, checkpointFamily());
+}
+
 // --- generation tabs (txt2img, img2img): one panel class, the request is the tab's own -------------
 
 class GenerationPanel {
@@ -168,6 +275,7 @@ class GenerationPanel {
     this.kind = form.dataset.kind;
     this.buildRequest = buildRequest;
     this.lastSeed = null;
+    this.networks = new NetworkPicker($(".networks", form), form.elements.prompt);
     form.addEventListener("submit", guarded((event) => this.generate(event)));
     this.part("interrupt").addEventListener("click", guarded(() => api("sdapi/v1/interrupt", { method: "POST" })));
     this.part("skip").addEventListener("click", guarded(() => api("sdapi/v1/skip", { method: "POST" })));
@@ -530,9 +638,27 @@ async function refreshModels() {
   ]);
   tableRows($("#models-checkpoints"), models.map((m) => [m.title, m.filename]));
   tableRows($("#models-vae"), vaes.map((v) => [v.model_name, v.filename]));
-  tableRows($("#models-loras"), loras.map((l) => [l.name, l.metadata.ss_sd_model_name || "", l.path]));
+  $("#models-loras .lora-entries").replaceChildren(...loras.map(loraEntry));
   tableRows($("#models-embeddings"), Object.entries(embeddings.loaded).map(([name, e]) => [name, `${e.vectors} vectors`, `width ${e.shape}`]));
   fillSelect($("#checkpoint"), models.map((m) => [m.title, m.title]), (await api("sdapi/v1/options")).sd_model_checkpoint);
+  state.models = models;
+  state.networks = { loras, embeddings: Object.entries(embeddings.loaded) };
+  renderNetworks();
+}
+
+// One LoRA of the Models tab: a row that opens to show the file's kohya training metadata (ss_*).
+function loraEntry(lora) {
+  const cells = [lora.name, lora.note ? "unreadable" : familyName(lora.family), lora.kinds.join(", "),
+    lora.rank ?? "", lora.alpha ?? "", lora.hash || "", lora.trigger_words.join(", ")];
+  const metadata = Object.entries(lora.metadata).filter(([key]) => key.startsWith("ss_")).sort(([a], [b]) => a.localeCompare(b));
+  const body = [element("p", { class: "hint", text: lora.path })];
+  if (lora.note) body.push(element("p", { class: "note", text: lora.note }));
+  body.push(metadata.length
+    ? element("dl", { class: "kv" }, metadata.flatMap(([key, value]) => [
+        element("dt", { text: key }), element("dd", { text: typeof value === "string" ? value : JSON.stringify(value) })]))
+    : element("p", { class: "hint", text: "no ss_* training metadata in this file" }));
+  return element("details", { class: "lora-entry" }, [
+    element("summary", { class: "lora-row" }, cells.map((cell) => element("span", { text: String(cell) }))), ...body]);
 }
 
 async function loadSettings() {
@@ -580,6 +706,7 @@ async function start() {
   $("#extras-form").addEventListener("submit", guarded(upscaleImage));
   $("#clean").addEventListener("click", guarded(cleanImage));
   $("#checkpoint").addEventListener("change", guarded(async (e) => {
+    renderNetworks(); // LoRAs for another family dim at once
     await api("sdapi/v1/options", { method: "POST", body: { sd_model_checkpoint: e.target.value } });
   }));
 
