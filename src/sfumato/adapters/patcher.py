@@ -2,7 +2,8 @@
 (`<lora:…>`, `<lyco:…>`) and A1111 hypernetworks (`<hypernet:…>`).
 
 Applying adds each layer's ΔW × multiplier to the weight in place (so sampling costs nothing extra per
-step), after copying the layer's original weight aside once. Taking the networks off copies the
+step), after copying the layer's original weight aside the first time a network touches it. The copies
+are kept while the model stays loaded, as A1111 keeps them: switching networks then costs no copying. Taking the networks off copies the
 originals back: the base model returns bit for bit, with no reload. The next generation asking for the
 same networks at the same weights keeps them on (A1111 does the same); one asking for other networks or
 weights restores first, then applies.
@@ -26,7 +27,7 @@ from diffusers.models.attention_processor import Attention
 
 from sfumato.adapters.hypernetwork import Hypernetwork, load_hypernetwork
 from sfumato.adapters.network_files import NetworkFile, family_of, read_network
-from sfumato.adapters.network_math import ShapeMismatch, layer_delta
+from sfumato.adapters.network_math import ShapeMismatch, layer_update
 from sfumato.adapters.targets import Target, build_index
 from sfumato.errors import UserError
 from sfumato.models.loader import LoadedModel
@@ -104,7 +105,8 @@ class NetworkPatcher:
         return report
 
     def restore(self) -> None:
-        """Every changed layer back to its original weights, exactly; hypernetwork hooks removed."""
+        """Every changed layer back to its original weights, exactly; hypernetwork hooks removed. The
+        originals' copies stay for the next networks."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
@@ -113,7 +115,6 @@ class NetworkPatcher:
                 target.module.weight.copy_(weight)
                 if bias is not None:
                     target.module.bias.copy_(bias)  # type: ignore[union-attr]
-        self._originals.clear()
         self._active, self._report = (), Activation()
 
     def _resolve(self, calls: list[ExtraNetworkCall], notes: list[str]) -> tuple[NetworkUse, ...]:
@@ -162,22 +163,18 @@ class NetworkPatcher:
                 "model (it was made for another model family)"
             )
             return
-        deltas = []
-        try:
+        updates = []
+        try:  # every layer checked before any is changed: a misfit file changes nothing
             for record, target in matched:
                 multiplier = use.te if target.component == "te" else use.unet
                 if multiplier:
-                    deltas.append((target, multiplier, *layer_delta(record, target.module.weight)))
+                    updates.append((target, multiplier, layer_update(record, target.module.weight)))
         except ShapeMismatch as exc:
             report.notes.append(f"LoRA {use.name!r} skipped: its shapes do not fit this model ({exc})")
             return
-        with torch.no_grad():
-            for target, multiplier, delta, bias in deltas:
-                self._keep_original(target)
-                weight = target.module.weight
-                weight.add_((delta * multiplier).to(weight.dtype))
-                if bias is not None and target.module.bias is not None:
-                    target.module.bias.add_((bias * multiplier).to(weight.dtype))
+        for target, multiplier, update in updates:
+            self._keep_original(target)
+            update.add_to(target.module, multiplier)
         unplaced = len(placed) - len(matched)
         if unplaced:
             report.notes.append(f"LoRA {use.name!r}: {unplaced} of its layers are not in this model")

@@ -1,0 +1,157 @@
+"""Adapter and merge benchmark on the full-size SD1.5 architecture (random weights).
+
+- **LoRA**: time to apply a rank-32 LoRA on every layer kohya can train (UNet transformer blocks and
+  ResNet convolutions, text-encoder attention and MLP) through the prompt-tag path
+  (`NetworkPatcher.activate`), time to take it off again (exact restore), against reloading the
+  checkpoint, which is what a tool without unpatching has to do. Peak RSS of that process.
+- **Merge**: `sfumato merge` (weighted sum, fp16 out) of two full-size single files, in its own process:
+  wall time and peak RSS, against the size of one checkpoint in memory (fp16 and fp32).
+
+Each part runs in its own child process so each peak RSS is its own. Prints one JSON object.
+
+    python benchmarks/lora_and_merge.py [--repeats 3] [--out benchmarks/out/lora_and_merge.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sd15_txt2img as base  # the cached full-size checkpoint and the child helpers
+
+RANK = 32
+
+
+def lora_path() -> Path:
+    return base.OUT_DIR / f"{base.CHECKPOINT_VERSION}-lora-r{RANK}.safetensors"
+
+
+def role_lora(repeats: int) -> dict[str, Any]:
+    import torch
+
+    from sfumato.adapters.kohya_names import kohya_layers
+    from sfumato.adapters.patcher import NetworkPatcher
+    from sfumato.models.loader import load_checkpoint
+    from sfumato.prompts.extra_networks import extract_extra_networks
+    from sfumato.testing.tiny_networks import lora_pair, write_network
+
+    torch.set_num_threads(base.THREADS)
+    cpu = torch.device("cpu")
+    started = time.perf_counter()
+    model = load_checkpoint(base.checkpoint_path(), device=cpu, dtype=torch.float32)
+    first_load = time.perf_counter() - started
+    layers = kohya_layers(model.unet, list(model.text_encoders), conv=True)
+    if not lora_path().is_file():
+        generator = torch.Generator().manual_seed(0)
+        tensors = {}
+        for name, module in layers.items():
+            down, up = lora_pair(module, RANK, generator)
+            tensors |= {f"{name}.lora_down.weight": down.half(), f"{name}.lora_up.weight": up.half() * 0.01}
+            tensors[f"{name}.alpha"] = torch.tensor(float(RANK))
+        write_network(lora_path(), tensors)
+    patcher = NetworkPatcher(model, {"bench": lora_path()}.get, lambda network: "")
+    calls = extract_extra_networks("<lora:bench:0.8>")[1]
+    reference = model.unet.conv_in.weight.clone()
+    apply_s, remove_s, reload_s = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        report = patcher.activate(calls)
+        apply_s.append(time.perf_counter() - start)
+        assert report.notes == [], report.notes
+        start = time.perf_counter()
+        patcher.activate([])
+        remove_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        load_checkpoint(base.checkpoint_path(), device=cpu, dtype=torch.float32)
+        reload_s.append(time.perf_counter() - start)
+    assert torch.equal(model.unet.conv_in.weight, reference)
+    return {
+        "lora_layers": len(layers),
+        "lora_rank": RANK,
+        "lora_bytes": lora_path().stat().st_size,
+        "first_load_s": first_load,
+        "apply_s": statistics.median(apply_s),
+        "remove_s": statistics.median(remove_s),
+        "reload_checkpoint_s": statistics.median(reload_s),
+        "apply_runs_s": apply_s,
+        "remove_runs_s": remove_s,
+        "reload_runs_s": reload_s,
+        "peak_rss_gib": base._peak_rss_gib(),
+    }
+
+
+def role_merge() -> dict[str, Any]:
+    import torch
+
+    from sfumato.tools.merge import MergeRecipe, merge_checkpoints
+
+    torch.set_num_threads(base.THREADS)
+    first = base.checkpoint_path()
+    second = first.with_name(first.stem + "-copy.safetensors")
+    if not second.is_file():
+        shutil.copyfile(first, second)
+    out = base.OUT_DIR / "merge-bench.safetensors"
+    start = time.perf_counter()
+    merge_checkpoints([first, second], out, MergeRecipe("weighted", 0.5, "fp16"))
+    seconds = time.perf_counter() - start
+    size = out.stat().st_size
+    out.unlink()
+    return {
+        "merge_s": seconds,
+        "peak_rss_gib": base._peak_rss_gib(),
+        "checkpoint_gib_fp16": size / 2**30,
+        "one_model_fp32_gib": size * 2 / 2**30,
+    }
+
+
+def run(role: str, repeats: int) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--repeats", str(repeats)]
+    base.log(f"running {role}")
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=base._child_env(), check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{role} child failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--role", choices=["parent", "build", "lora", "merge"], default="parent")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.role == "build":
+        print(json.dumps(base.role_build()))
+        return
+    if args.role == "lora":
+        print(json.dumps(role_lora(args.repeats)))
+        return
+    if args.role == "merge":
+        print(json.dumps(role_merge()))
+        return
+    base.OUT_DIR.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": base._machine(),
+        "versions": base._versions(),
+        "build": run("build", args.repeats),
+        "lora": run("lora", args.repeats),
+        "merge": run("merge", args.repeats),
+    }
+    lora = report["lora"]
+    report["lora"]["apply_vs_reload"] = lora["apply_s"] / lora["reload_checkpoint_s"]
+    report["lora"]["remove_vs_reload"] = lora["remove_s"] / lora["reload_checkpoint_s"]
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
