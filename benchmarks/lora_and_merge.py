@@ -5,7 +5,8 @@
   (`NetworkPatcher.activate`), time to take it off again (exact restore), against reloading the
   checkpoint, which is what a tool without unpatching has to do. Peak RSS of that process.
 - **Merge**: `sfumato merge` (weighted sum, fp16 out) of two full-size single files, in its own process:
-  wall time and peak RSS, against the size of one checkpoint in memory (fp16 and fp32).
+  wall time, peak RSS and peak private (anonymous) memory, against the size of one checkpoint in
+  memory (fp16 and fp32).
 
 Each part runs in its own child process so each peak RSS is its own. Prints one JSON object.
 
@@ -20,6 +21,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -99,17 +101,41 @@ def role_merge() -> dict[str, Any]:
     if not second.is_file():
         shutil.copyfile(first, second)
     out = base.OUT_DIR / "merge-bench.safetensors"
+    sampler = AnonSampler()
+    sampler.start()
     start = time.perf_counter()
     merge_checkpoints([first, second], out, MergeRecipe("weighted", 0.5, "fp16"))
     seconds = time.perf_counter() - start
+    sampler.stop()
     size = out.stat().st_size
     out.unlink()
     return {
         "merge_s": seconds,
         "peak_rss_gib": base._peak_rss_gib(),
+        "peak_private_gib": sampler.peak / 2**30,  # anonymous memory: what the merge itself holds
         "checkpoint_gib_fp16": size / 2**30,
         "one_model_fp32_gib": size * 2 / 2**30,
     }
+
+
+class AnonSampler(threading.Thread):
+    """Peak of the process's anonymous (private) memory, sampled every 20 ms. Peak RSS also counts
+    the memory-mapped sources' pages, which belong to the page cache and are given back on demand."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.02):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
 
 
 def run(role: str, repeats: int) -> dict[str, Any]:

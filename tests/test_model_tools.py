@@ -165,3 +165,26 @@ def test_extract_lora_round_trip(checkpoints, tmp_path, capsys, tiny_models):
         capsys, "extract-lora", "base", "base", "--dim", 4, "--out", lora_dir / "none.safetensors", *common
     )
     assert code == 2 and "nothing to extract" in err
+
+
+def test_streamed_safetensors_read_back_exactly(tmp_path):
+    from sfumato.models.safetensors_stream import write_streamed
+
+    tensors = {
+        "a.weight": torch.randn(3, 4),
+        "b.half": torch.randn(5).half(),
+        "c.bf16": torch.randn(2, 2, 2).bfloat16(),
+        "ids": torch.arange(7),
+        "flag": torch.tensor(True),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+    }
+    layout = [(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
+    write_streamed(tmp_path / "s.safetensors", layout, iter(tensors.values()), {"note": "hi"})
+    with safe_open(tmp_path / "s.safetensors", framework="pt") as f:
+        assert f.metadata() == {"note": "hi"} and list(f.keys()) == sorted(tensors)
+        for name, tensor in tensors.items():
+            assert torch.equal(f.get_tensor(name), tensor) and f.get_tensor(name).dtype == tensor.dtype
+    with pytest.raises(ValueError, match="header says"):
+        write_streamed(tmp_path / "bad.safetensors", layout, iter([torch.zeros(1)] * 7))
+    assert not list(tmp_path.glob("bad*"))  # nothing half-written left behind

@@ -2,9 +2,10 @@
 
 - weighted sum:   A·(1 − α) + B·α
 - add difference: A + (B − C)·α
-Every tensor is computed in float32 from the sources' tensors and written in the output dtype. Sources
-are opened lazily (safetensors are memory-mapped), so the merge holds the output and one tensor of each
-source at a time: memory stays near one model's size. Keys only A has are kept as they are (EMA copies,
+Every tensor is computed in float32 from the sources' tensors and written in the output dtype as soon
+as it is made (`models.safetensors_stream`). Sources are opened lazily (safetensors are memory-mapped),
+so the merge holds one tensor of each source at a time: its own memory stays far below one model's
+size (the sources' pages it reads are the page cache's, and go when memory is needed). Keys only A has are kept as they are (EMA copies,
 a baked VAE B lacks); integer buffers come from A. A VAE file can be baked in (LDM or diffusers layout).
 
 The output carries A1111's merge metadata (`sd_merge_recipe`, `sd_merge_models`: the recipe and each
@@ -14,7 +15,7 @@ source's hash), so A1111, civitai and we show where a merge came from.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,9 +25,10 @@ from tqdm import tqdm
 
 from sfumato.errors import UserError
 from sfumato.models.detect import detect_checkpoint, detect_vae_file
-from sfumato.models.files import open_state_dict
+from sfumato.models.files import LazyStateDict, open_state_dict, tensor_shape
 from sfumato.models.hashes import HashCache
-from sfumato.models.ldm_export import VAE_PREFIX, save_single_file, vae_to_ldm
+from sfumato.models.ldm_export import VAE_PREFIX, vae_to_ldm
+from sfumato.models.safetensors_stream import TORCH_DTYPES, write_streamed
 
 MergeMode = Literal["weighted", "add-diff"]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -92,22 +94,33 @@ def merge_checkpoints(
     a, b = states[0], states[1]
     c = states[2] if needed == 3 else None
     baked = _vae_tensors(vae) if vae is not None else {}
-    merged: dict[str, torch.Tensor] = {}
-    for key in tqdm(list(a), desc="merge", unit="tensor", leave=False):
-        if key in baked:
-            continue
-        tensor = a[key]
-        if tensor.is_floating_point() and key in b and (c is None or key in c):
-            if b[key].shape != tensor.shape or (c is not None and c[key].shape != tensor.shape):
-                raise UserError(f"{key}: shapes differ between the checkpoints", field="models")
-            tensor = _combine(recipe, tensor, b[key], c[key] if c is not None else None)
-        merged[key] = tensor.to(DTYPES[recipe.dtype]) if tensor.is_floating_point() else tensor
-    merged.update({k: v.to(DTYPES[recipe.dtype]) for k, v in baked.items()})
-    metadata = _metadata(sources, recipe, vae, hashes)
+    out_dtype = DTYPES[recipe.dtype]
+    keys = [key for key in a if key not in baked]
+    for key in keys:  # every shape checked before anything is written
+        shape = tensor_shape(a, key)
+        if any(key in other and tensor_shape(other, key) != shape for other in states[1:]):
+            raise UserError(f"{key}: shapes differ between the checkpoints", field="models")
+    layout = [(key, tensor_shape(a, key), _output_dtype(a, key, out_dtype)) for key in keys]
+    layout += [(key, tuple(t.shape), out_dtype) for key, t in baked.items()]
+
+    def merged() -> Iterator[torch.Tensor]:
+        for key in tqdm(keys, desc="merge", unit="tensor", leave=False):
+            tensor = a[key]
+            if tensor.is_floating_point() and key in b and (c is None or key in c):
+                tensor = _combine(recipe, tensor, b[key], c[key] if c is not None else None)
+            yield tensor.to(out_dtype) if tensor.is_floating_point() else tensor
+        yield from (t.to(out_dtype) for t in baked.values())
+
     try:
-        return save_single_file(merged, out, metadata=metadata)
+        return write_streamed(out, layout, merged(), _metadata(sources, recipe, vae, hashes))
     except OSError as exc:
         raise UserError(f"could not write {out}: {exc.strerror or exc}", field="out") from exc
+
+
+def _output_dtype(state: Mapping[str, torch.Tensor], key: str, float_dtype: torch.dtype) -> torch.dtype:
+    """The merged tensor's dtype: `float_dtype` for weights, the source's own for integer buffers."""
+    dtype = TORCH_DTYPES[state.dtype_name(key)] if isinstance(state, LazyStateDict) else state[key].dtype
+    return float_dtype if dtype.is_floating_point else dtype
 
 
 def _metadata(
