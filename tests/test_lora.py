@@ -271,3 +271,24 @@ def test_diffusers_peft_and_processor_layouts_apply_like_kohya(tmp_path, tiny_mo
         assert torch.equal(value, results["p"][key]), key
         if key.startswith("unet.") and (".attn1.to_" in key or ".attn2.to_" in key):
             assert torch.equal(value, results["o"][key]), key
+
+
+def test_bad_lora_files_are_skipped_with_one_note_and_the_generation_goes_on(tmp_path, tiny_models):
+    from sfumato.testing.tiny_models import write_malicious_ckpt, write_truncated
+
+    path, components = tiny_models["sd1"]
+    write_network(tmp_path / "good.safetensors", kohya_lora(components))
+    write_truncated(tmp_path / "cut.safetensors", tmp_path / "good.safetensors")
+    write_malicious_ckpt(tmp_path / "evil.pt", tmp_path / "pwned")
+    write_network(tmp_path / "empty.safetensors", {"some.weight": torch.zeros(2)})
+    model = load(path)
+    files = {p.stem: p for p in tmp_path.iterdir()}
+    patcher = NetworkPatcher(model, files.get, lambda network: "h")
+    report = patcher.activate(
+        extract_extra_networks("<lora:cut:1><lora:evil:1><lora:empty:1><lora:good:1>")[1]
+    )
+    notes = " | ".join(report.notes)
+    assert "'cut' skipped" in notes and "truncated" in notes
+    assert "'evil' skipped" in notes and "refused" in notes
+    assert "'empty' skipped" in notes and "not a LoRA" in notes
+    assert report.hashes == {"good": "h"} and not (tmp_path / "pwned").exists()
