@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 from sfumato.errors import UserError
 from sfumato.imaging.outpaint import Margins, extend_canvas
 from sfumato.request import MAX_SIDE
+from sfumato.server.script_args import with_defaults
 
 SCRIPT_TITLE = "Poor man's outpainting"
 DIRECTIONS = ("left", "right", "up", "down")
@@ -62,13 +63,9 @@ def _integer(value: Any, index: int, low: int, high: int, what: str) -> int:
 
 def parse_script_args(args: list[Any]) -> OutpaintArgs:
     """The script's arguments in A1111's order, checked; a bad one is a UserError naming it."""
-    if len(args) > len(DEFAULTS):
-        raise UserError(
-            f"script_args: {SCRIPT_TITLE} takes at most {len(DEFAULTS)} arguments "
-            f"(pixels, mask_blur, inpainting_fill, direction), not {len(args)}",
-            field="script_args",
-        )
-    pixels, blur, fill, directions = [*args, *DEFAULTS[len(args) :]]
+    pixels, blur, fill, directions = with_defaults(
+        args, DEFAULTS, SCRIPT_TITLE, "pixels, mask_blur, inpainting_fill, direction"
+    )
     fill_index = MASKED_CONTENT.index(fill) if isinstance(fill, str) and fill in MASKED_CONTENT else fill
     if isinstance(directions, str):
         directions = [part.strip() for part in directions.split(",") if part.strip()]

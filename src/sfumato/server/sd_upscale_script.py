@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from sfumato.errors import UserError
+from sfumato.server.script_args import with_defaults
 from sfumato.tasks.sd_upscale import SdUpscale
 
 SCRIPT_TITLE = "SD upscale"
@@ -33,13 +34,9 @@ def _number(value: Any, index: int, low: float, high: float, what: str) -> float
 
 def parse_script_args(args: list[Any], upscalers: list[str]) -> SdUpscale:
     """The script's settings from A1111's arguments; a bad one is a UserError naming it."""
-    if len(args) > len(DEFAULTS):
-        raise UserError(
-            f"script_args: {SCRIPT_TITLE} takes at most {len(DEFAULTS)} arguments "
-            f"(info, overlap, upscaler_index, scale_factor), not {len(args)}",
-            field="script_args",
-        )
-    _, overlap, upscaler, scale = [*args, *DEFAULTS[len(args) :]]
+    _, overlap, upscaler, scale = with_defaults(
+        args, DEFAULTS, SCRIPT_TITLE, "info, overlap, upscaler_index, scale_factor"
+    )
     if isinstance(upscaler, str) and upscaler in upscalers:
         name = upscaler
     else:
