@@ -476,3 +476,83 @@ def test_networks_picker_puts_loras_and_embeddings_in_the_prompt(networks_page, 
     expect(row.locator("dl")).to_contain_text("ss_base_model_version")
     expect(row.locator("dl")).to_contain_text("sd_v1")
     shot(page, "models-loras")
+
+
+@pytest.fixture
+def tools_page(data_dir, tiny_models):
+    """The page over two more SD1 checkpoints (a, b) and a LoRA, for the Merge and Extract tabs."""
+    from sfumato.testing.tiny_models import write_single_file
+
+    for name, seed in (("a", 1), ("b", 2)):
+        write_single_file(data_dir / "models" / "Stable-diffusion" / f"{name}.safetensors", "sd1", seed=seed)
+    (data_dir / "models" / "Lora").mkdir(parents=True)
+    write_network(data_dir / "models" / "Lora" / "style.safetensors", kohya_lora(tiny_models["sd1"][1]))
+    yield from open_page(data_dir)
+
+
+def title_of(page, name: str) -> str:
+    models = httpx.get(f"{page.base_url}/sdapi/v1/sd-models").json()
+    return next(m["title"] for m in models if m["model_name"] == name)
+
+
+def test_merge_and_extract_tabs_make_models_the_page_lists(tools_page, data_dir):
+    page = tools_page
+    merge, bake, extract = "#merge-form", "#bake-form", "#extract-form"
+    page.click("[data-tab=merge]")
+    expect(page.locator(f"{merge} select[name=model_a] option")).to_have_count(4)  # 3 + the embedded model
+    expect(page.locator(f"{merge} .model-c")).to_be_hidden()
+    page.check(f"{merge} input[name=mode][value=add-diff]")
+    expect(page.locator(f"{merge} .model-c")).to_be_visible()
+    page.check(f"{merge} input[name=mode][value=weighted]")
+    expect(page.locator(f"{merge} .model-c")).to_be_hidden()
+    page.select_option(f"{merge} select[name=model_a]", title_of(page, "a"))
+    page.select_option(f"{merge} select[name=model_b]", title_of(page, "b"))
+    page.locator(f"{merge} input[name=alpha_slider]").fill("0.3")  # the slider moves the number
+    expect(page.locator(f"{merge} input[name=alpha]")).to_have_value("0.3")
+    expect(page.locator(f"{merge} .alpha-hint")).to_contain_text("70% A, 30% B")
+    page.fill(f"{merge} input[name=name]", "../escape")
+    page.click(f"{merge} button[type=submit]")
+    expect(page.locator("#message")).to_contain_text("without folders")
+    page.fill(f"{merge} input[name=name]", "a-b-mix")
+    with page.expect_request(lambda r: r.url.endswith("/sfumato/v1/merge")) as posted:
+        page.click(f"{merge} button[type=submit]")
+    sent = json.loads(posted.value.post_data)
+    assert sent["models"] == [title_of(page, "a"), title_of(page, "b")] and sent["alpha"] == 0.3
+    assert sent["mode"] == "weighted" and sent["dtype"] == "fp16" and "vae" not in sent
+    made = data_dir / "models" / "Stable-diffusion" / "a-b-mix.safetensors"
+    expect(page.locator(f"{merge} .tool-result")).to_contain_text(str(made.resolve()), timeout=60_000)
+    expect(page.locator(f"{merge} button[type=submit]")).to_have_text("Merge")
+    expect(page.locator("#message")).to_be_hidden()
+    expect(page.locator("#checkpoint option", has_text="a-b-mix.safetensors")).to_have_count(1)
+    expect(page.locator(f"{extract} select[name=tuned] option", has_text="a-b-mix")).to_have_count(1)
+    expect(page.locator("#checkpoint")).to_have_value(title_of(page, "a"))  # still the one in use
+
+    expect(page.locator(f"{bake} .bake-lora")).to_have_count(1)
+    page.select_option(f"{bake} select[name=model]", title_of(page, "a"))
+    page.check(f"{bake} .bake-lora input[type=checkbox]")
+    page.fill(f"{bake} .bake-lora .weight", "0.7")
+    page.fill(f"{bake} input[name=name]", "a-styled")
+    page.click(f"{bake} button[type=submit]")
+    expect(page.locator(f"{bake} .tool-result")).to_contain_text("style:0.7", timeout=60_000)
+    expect(page.locator("#checkpoint option", has_text="a-styled.safetensors")).to_have_count(1)
+    expect(page.locator("#message")).to_be_hidden()
+    shot(page, "merge")
+    page.click(f"{merge} button[type=submit]")  # again: the file exists now
+    expect(page.locator("#message")).to_contain_text("already exists")
+    expect(page.locator(f"{merge} button[type=submit]")).to_be_enabled()
+
+    page.click("[data-tab=extract]")
+    page.select_option(f"{extract} select[name=tuned]", title_of(page, "a-b-mix"))
+    page.select_option(f"{extract} select[name=base]", title_of(page, "a"))
+    page.fill(f"{extract} input[name=dim]", "4")
+    page.fill(f"{extract} input[name=name]", "mix-diff")
+    page.click(f"{extract} button[type=submit]")
+    result = page.locator(f"{extract} .tool-result")
+    expect(result).to_contain_text("Layers", timeout=60_000)
+    expect(result).to_contain_text("<lora:mix-diff:1>")
+    expect(result).to_contain_text("Max relative error")
+    layers = int(result.locator("dt:text-is('Layers') + dd").text_content())
+    assert layers > 0
+    assert (data_dir / "models" / "Lora" / "mix-diff.safetensors").is_file()
+    expect(page.locator(f"{T2I} .networks-loras .card", has_text="mix-diff")).to_have_count(1)
+    shot(page, "extract")

@@ -122,7 +122,11 @@ def resolve_model_path(
 ) -> Path:
     """Path for what the user typed: an existing path, or a name/title/hash among `entries`."""
     candidate = Path(query).expanduser()
-    if candidate.exists():
+    try:
+        exists = candidate.exists()
+    except OSError:  # longer than a path can be (ENAMETOOLONG): only a name can mean something
+        exists = False
+    if exists:
         return candidate
     entry = _match(entries, query, hashes)
     if entry is None:

@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from sfumato.errors import NotFoundError, UserError
-from sfumato.server import a1111, clean_api, jobs_api, ui_routes
+from sfumato.server import a1111, clean_api, jobs_api, tools_api, ui_routes
 from sfumato.server.security import BodyTooLarge, GuardMiddleware, credentials_ok
 from sfumato.server.state import JobFailed, ServerState
 from sfumato.settings import Settings
@@ -129,6 +129,7 @@ def create_app(settings: Settings, options: ServeOptions | None = None) -> FastA
     app.include_router(a1111.router, dependencies=api_guard)
     app.include_router(jobs_api.router, dependencies=api_guard)
     app.include_router(clean_api.router, dependencies=api_guard)
+    app.include_router(tools_api.router, dependencies=api_guard)
     app.include_router(ui_routes.router, dependencies=[Depends(basic_auth(options.ui_auth))])
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(UserError, _user_error)  # type: ignore[arg-type]

@@ -603,6 +603,130 @@ async function cleanImage() {
   showExtrasResult(result.image, [`Cleaned (${method})`, ...result.notes].join("\n"));
 }
 
+// --- Merge and Extract LoRA: new model files made from the folders' ones ----------------------------
+
+// A select of models from the listings, keeping the choice when it is still listed; a fresh one picks
+// its `data-pick`-th entry, so A, B and C start on different checkpoints.
+function fillModelSelect(select, values) {
+  const previous = select.value;
+  fillSelect(select, values);
+  if (values.some(([value]) => value === previous)) select.value = previous;
+  else if (values.length) select.value = values[Math.min(Number(select.dataset.pick || 0), values.length - 1)][0];
+}
+
+function renderTools(models, vaes, loras) {
+  const checkpoints = models.map((m) => [m.title, m.title]);
+  for (const select of $$("select[data-models=checkpoints]")) fillModelSelect(select, checkpoints);
+  const bakeable = [["", "None (keep A's own)"], ...vaes.map((v) => [v.model_name, v.model_name])];
+  for (const select of $$("select[data-models=vaes]")) fillModelSelect(select, bakeable);
+  renderBakeLoras(loras);
+}
+
+// The Bake section's LoRA list: a checkbox and a weight per file; what was ticked stays ticked.
+function renderBakeLoras(loras) {
+  const box = $("#bake-form .bake-loras");
+  const before = new Map($$(".bake-lora", box).map((row) => [row.dataset.name, { on: $("input[type=checkbox]", row).checked, weight: $(".weight", row).value }]));
+  box.replaceChildren(...(loras.length ? loras.map((lora) => {
+    const kept = before.get(lora.name);
+    const tick = element("input", { type: "checkbox", value: lora.name });
+    tick.checked = Boolean(kept && kept.on);
+    tick.disabled = Boolean(lora.note);
+    const weight = element("input", { type: "number", class: "weight", step: "0.05", min: "-10", max: "10", value: kept ? kept.weight : "1", "aria-label": `weight of ${lora.name}` });
+    const detail = lora.note ? "unreadable" : [familyName(lora.family), lora.rank ? `rank ${lora.rank}` : ""].filter(Boolean).join(" · ");
+    return element("div", { class: "bake-lora", dataset: { name: lora.name, family: lora.family || "" }, title: lora.note || "" }, [
+      element("label", { class: "check" }, [tick, element("span", { text: lora.name })]),
+      element("span", { class: "card-detail", text: detail }), weight]);
+  }) : [element("p", { class: "hint", text: "No LoRA files: put them in models/Lora." })]));
+  markBakeFamilies();
+}
+
+// LoRAs made for another family than the chosen checkpoint are dimmed (baking skips them).
+function markBakeFamilies() {
+  const model = state.models.find((m) => m.title === $("#bake-form").elements.model.value);
+  for (const row of $$("#bake-form .bake-lora")) {
+    const other = Boolean(model && model.family && row.dataset.family && row.dataset.family !== model.family);
+    row.classList.toggle("other-family", other);
+  }
+}
+
+function showToolResult(form, rows) {
+  const list = $(".tool-result", form);
+  list.replaceChildren(...rows.flatMap(([key, value]) => [element("dt", { text: key }), element("dd", { text: String(value) })]));
+  list.hidden = false;
+}
+
+// One tool request with the form busy meanwhile (its button says what runs and cannot be pressed again).
+async function runTool(form, path, body) {
+  const button = $("button[type=submit]", form);
+  const label = button.textContent;
+  $(".tool-result", form).hidden = true;
+  button.disabled = true;
+  button.textContent = button.dataset.busy;
+  form.setAttribute("aria-busy", "true");
+  try {
+    return await api(path, { method: "POST", body });
+  } finally {
+    button.disabled = false;
+    button.textContent = label;
+    form.removeAttribute("aria-busy");
+  }
+}
+
+function mergeMode() {
+  const form = $("#merge-form");
+  const addDiff = form.elements.mode.value === "add-diff";
+  form.querySelector(".model-c").hidden = !addDiff;
+  const alpha = Number(form.elements.alpha.value);
+  const shown = Number.isFinite(alpha) ? alpha.toFixed(2) : "?";
+  $(".alpha-hint", form).textContent = addDiff
+    ? `α = ${shown}: A plus ${shown} × (B − C), what B has learnt beyond C.`
+    : `α = ${shown}: ${Math.round((1 - alpha) * 100)}% A, ${Math.round(alpha * 100)}% B.`;
+}
+
+async function mergeCheckpoints(event) {
+  event.preventDefault();
+  const form = event.target;
+  const f = form.elements;
+  const mode = f.mode.value;
+  const models = [f.model_a.value, f.model_b.value, ...(mode === "add-diff" ? [f.model_c.value] : [])];
+  const body = { models, mode, alpha: Number(f.alpha.value), dtype: f.dtype.value, name: f.name.value, overwrite: f.overwrite.checked };
+  if (f.vae.value) body.vae = f.vae.value;
+  const made = await runTool(form, "sfumato/v1/merge", body);
+  showToolResult(form, [["Saved", made.path], ["Checkpoint", made.title]]);
+  await refreshModels();
+}
+
+async function bakeLoras(event) {
+  event.preventDefault();
+  const form = event.target;
+  const f = form.elements;
+  const loras = $$(".bake-lora", form).filter((row) => $("input[type=checkbox]", row).checked)
+    .map((row) => `${row.dataset.name}:${$(".weight", row).value || 1}`);
+  if (!loras.length) throw new Error("bake: tick at least one LoRA");
+  const made = await runTool(form, "sfumato/v1/merge-lora", { model: f.model.value, loras, dtype: f.dtype.value, name: f.name.value, overwrite: f.overwrite.checked });
+  showToolResult(form, [["Saved", made.path], ["Checkpoint", made.title], ["Baked in", loras.join(", ")], ...made.notes.map((note) => ["Note", note])]);
+  await refreshModels();
+}
+
+function relativeError(value) {
+  return value < 1e-3 ? value.toExponential(2) : value.toFixed(4);
+}
+
+async function extractLora(event) {
+  event.preventDefault();
+  const form = event.target;
+  const f = form.elements;
+  const body = { tuned: f.tuned.value, base: f.base.value, dim: Number(f.dim.value), name: f.name.value, overwrite: f.overwrite.checked };
+  if (f.conv_dim.value) body.conv_dim = Number(f.conv_dim.value);
+  const made = await runTool(form, "sfumato/v1/extract-lora", body);
+  showToolResult(form, [
+    ["Saved", made.path], ["Use as", `<lora:${made.name}:1>`], ["Layers", made.layers],
+    ["Mean relative error", relativeError(made.mean_error)],
+    ["Max relative error", `${relativeError(made.max_error)} (${made.worst_layer})`],
+  ]);
+  await refreshModels();
+}
+
 // --- tabs, queue, models, settings ---------------------------------------------------------------
 
 function openTab(name) {
@@ -611,6 +735,7 @@ function openTab(name) {
   if (name === "queue") guarded(refreshQueue)();
   if (name === "models") guarded(refreshModels)();
   if (name === "settings") guarded(loadSettings)();
+  if (name === "merge" || name === "extract") guarded(refreshModels)(); // files made elsewhere show up
 }
 
 async function refreshQueue() {
@@ -644,6 +769,7 @@ async function refreshModels() {
   state.models = models;
   state.networks = { loras, embeddings: Object.entries(embeddings.loaded) };
   renderNetworks();
+  renderTools(models, vaes, loras);
 }
 
 // One LoRA of the Models tab: a row that opens to show the file's kohya training metadata (ss_*).
@@ -705,6 +831,15 @@ async function start() {
   $("#settings-form").addEventListener("submit", guarded(saveSettings));
   $("#extras-form").addEventListener("submit", guarded(upscaleImage));
   $("#clean").addEventListener("click", guarded(cleanImage));
+  $("#merge-form").addEventListener("submit", guarded(mergeCheckpoints));
+  $("#bake-form").addEventListener("submit", guarded(bakeLoras));
+  $("#extract-form").addEventListener("submit", guarded(extractLora));
+  $("#bake-form").elements.model.addEventListener("change", markBakeFamilies);
+  const mergeForm = $("#merge-form");
+  for (const radio of mergeForm.elements.mode) radio.addEventListener("change", mergeMode);
+  mergeForm.elements.alpha_slider.addEventListener("input", () => { mergeForm.elements.alpha.value = mergeForm.elements.alpha_slider.value; mergeMode(); });
+  mergeForm.elements.alpha.addEventListener("input", () => { mergeForm.elements.alpha_slider.value = mergeForm.elements.alpha.value; mergeMode(); });
+  mergeMode();
   $("#checkpoint").addEventListener("change", guarded(async (e) => {
     renderNetworks(); // LoRAs for another family dim at once
     await api("sdapi/v1/options", { method: "POST", body: { sd_model_checkpoint: e.target.value } });
