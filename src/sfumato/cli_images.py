@@ -190,42 +190,20 @@ def _job_maker(args: argparse.Namespace) -> Callable:
 
 
 def cmd_gif2gif(args: argparse.Namespace, base_fields: dict[str, Any], run: Callable) -> int:
-    """Every frame through img2img with one seed and the same settings, saved as it is made; then the
-    animation with each frame's duration and the loop count. A frame that fails keeps its source
-    picture in the animation (with a message), so the others are never lost."""
-    from sfumato.app import Img2ImgJob
-    from sfumato.imaging.animation import save_animation
+    """`animation_job.Gif2GifJob` on a file, into outputs/img2img-images/DATE/gif2gif-NNNNN-NAME/."""
+    from sfumato.animation_job import Gif2GifJob
     from sfumato.imaging.files import read_frames
     from sfumato.output import images_folder, next_sequence_number
-    from sfumato.tasks.common import resolve_seed
-    from sfumato.tasks.img2img_inputs import Img2ImgInputs
 
     fields = {**base_fields, **img2img_fields(args)}
-    if fields.get("batch_size", 1) != 1 or fields.get("n_iter", 1) != 1:
-        raise UserError("gif2gif makes one image per frame: leave --batch-size and --batch-count at 1")
-    fields["seed"] = resolve_seed(fields.get("seed", -1))
     frames, durations, loop = read_frames(args.animation, "animation")
     parent = args.out or images_folder(args.settings_obj.outputs, "img2img")
     folder = parent / f"gif2gif-{next_sequence_number(parent):05d}-{args.animation.stem}"
-    made: list = []
-    manager = None
-    for index, frame in enumerate(frames):
-        print(f"sfumato: frame {index + 1}/{len(frames)}", file=sys.stderr)
-        try:
-            job = Img2ImgJob(
-                args.settings_obj, fields, Img2ImgInputs(frame), from_png=args.from_png, out_dir=folder,
-                manager=manager,
-            )  # fmt: skip
-            manager = job.manager
-            code = run(job, lambda saved: made.append(saved.image))
-        except UserError as exc:
-            if index == 0:
-                raise  # the settings themselves are wrong: every frame would fail the same way
-            print(f"sfumato: error: frame {index + 1}: {exc}; its source frame is kept", file=sys.stderr)
-            made.append(frame)
-            continue
-        if code != 0:
-            return code
-    path = save_animation(made, durations, loop, folder / f"{args.animation.stem}{args.animation.suffix}")
-    print(path, flush=True)
-    return 0
+    job = Gif2GifJob(
+        args.settings_obj, fields, frames, durations, loop, folder=folder, name=args.animation.stem,
+        suffix=args.animation.suffix, from_png=args.from_png,
+    )  # fmt: skip
+    code = run(job, lambda saved: None)
+    if job.animation is not None:  # also when stopped midway: the frames made so far
+        print(job.animation, flush=True)
+    return code

@@ -8,6 +8,7 @@ message naming the field, not later inside a task.
 from __future__ import annotations
 
 import io
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -73,3 +74,17 @@ def read_frames(path: Path, field: str) -> tuple[list[Image.Image], list[int], i
             f"{field}: frame {len(frames)} of {path} cannot be read ({exc})", field=field
         ) from exc
     return frames, durations, int(image.info.get("loop", 0) or 0)
+
+
+MAX_ANIMATION_FRAMES = 1000  # each frame is one img2img job
+
+
+def frames_from_bytes(raw: bytes, suffix: str, field: str) -> tuple[list[Image.Image], list[int], int]:
+    """`read_frames` of an upload (through a temporary file: videos need one), with a frame limit."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"upload{suffix}"
+        path.write_bytes(raw)
+        frames, durations, loop = read_frames(path, field)
+    if len(frames) > MAX_ANIMATION_FRAMES:
+        raise UserError(f"{field}: {len(frames)} frames, more than {MAX_ANIMATION_FRAMES}", field=field)
+    return frames, durations, loop

@@ -7,6 +7,7 @@ A job's request is stored fully resolved (seed, model, options), so running it n
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,9 @@ import torch
 from PIL import Image
 
 from sfumato import infotext
+from sfumato.animation_job import Gif2GifJob
 from sfumato.app import Img2ImgJob, SavedImage, SdUpscaleJob, Txt2ImgJob, make_manager
+from sfumato.imaging.files import frames_from_bytes
 from sfumato.models.loader import LoadedModel
 from sfumato.output import images_folder
 from sfumato.server.images import decode_image
@@ -90,7 +93,7 @@ def job_folder(settings: Settings, job: Job) -> Path:
     """Where a job's images go: the user's outputs folder when they asked to save them (A1111's
     `save_images`), else the server's own result folder (kept so a restart can still return them)."""
     if job.request.get("save_images"):
-        return images_folder(settings.outputs, job.kind)
+        return images_folder(settings.outputs, "img2img" if job.kind == "gif2gif" else job.kind)
     return settings.cache_dir / "results" / job.id
 
 
@@ -106,14 +109,15 @@ class Engine:
 
     def run(self, job: Job, store: JobStore, control: JobControl) -> tuple[str, dict[str, Any]]:
         """Run a job to its end; returns (final state, A1111 info). UserErrors propagate."""
-        if job.kind not in ("txt2img", "img2img"):
+        if job.kind not in ("txt2img", "img2img", "gif2gif"):
             raise ValueError(f"unknown job kind {job.kind!r}")
         fields = dict(job.request["generation"])
         saved_before = {record.index for record in store.images_of(job.id)}
         with self.lock:
             task = self._task(job, fields)
             request = task.request
-            self.live.start(job.id, request.n_iter, request.batch_size)
+            images = len(task.frames) if isinstance(task, Gif2GifJob) else request.n_iter
+            self.live.start(job.id, images, request.batch_size)
 
             def on_saved(saved: SavedImage) -> None:
                 store.add_image(
@@ -146,6 +150,21 @@ class Engine:
                 )
             finally:
                 self.live.stop()
+            if isinstance(task, Gif2GifJob) and task.animation is not None:
+                first = store.images_of(job.id)[0] if store.images_of(job.id) else None
+                store.add_image(
+                    ImageRecord(
+                        job_id=job.id,
+                        index=len(task.frames),
+                        path=str(task.animation),
+                        seed=request.seed,
+                        subseed=request.subseed,
+                        width=first.width if first else 0,
+                        height=first.height if first else 0,
+                        infotext=first.infotext if first else "",
+                        created=time.time(),
+                    )
+                )
         state = "interrupted" if task.interrupted else "done"
         return state, a1111_info(job, store.images_of(job.id))
 
@@ -154,6 +173,14 @@ class Engine:
         if job.kind == "txt2img":
             return Txt2ImgJob(self.settings, fields, **options)
         inputs = job.request["inputs"]
+        if job.kind == "gif2gif":
+            raw = base64.b64decode(inputs["animation"])
+            frames, durations, loop = frames_from_bytes(raw, inputs["suffix"], "animation")
+            folder = options["out_dir"] / f"gif2gif-{job.id[:8]}"
+            return Gif2GifJob(
+                self.settings, fields, frames, durations, loop, folder=folder, name="animation",
+                suffix=inputs["suffix"], manager=self.manager,
+            )  # fmt: skip
         image, _ = decode_image(inputs["init_image"], "init_images.0")
         mask = decode_image(inputs["mask"], "mask")[0] if inputs.get("mask") else None
         if job.request.get("sd_upscale"):

@@ -7,6 +7,7 @@ naming the `kind`, and polling the job.
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -22,19 +23,25 @@ from sfumato.server.a1111 import (
     img2img_job_request,
     unsupported_features,
 )
+from sfumato.server.gif2gif import Gif2GifBody, gif2gif_job_request
 from sfumato.server.state import ServerState
 
 router = APIRouter(prefix="/sfumato/v1", tags=["sfumato jobs"])
 
 
-BODIES: dict[str, type[Txt2ImgBody] | type[Img2ImgBody]] = {"txt2img": Txt2ImgBody, "img2img": Img2ImgBody}
+BODIES: dict[str, type[Txt2ImgBody] | type[Img2ImgBody]] = {
+    "txt2img": Txt2ImgBody,
+    "img2img": Img2ImgBody,
+    "gif2gif": Gif2GifBody,
+}
 
 
 class JobSubmission(BaseModel):
-    kind: Literal["txt2img", "img2img"] = "txt2img"
+    kind: Literal["txt2img", "img2img", "gif2gif"] = "txt2img"
     request: dict[str, Any] = Field(
         default_factory=dict,
-        description="the body of /sdapi/v1/txt2img or /sdapi/v1/img2img, as `kind` says",
+        description="the body of /sdapi/v1/txt2img or /sdapi/v1/img2img, as `kind` says (gif2gif: "
+        "img2img's with `animation` and `animation_format` instead of init_images)",
     )
 
 
@@ -59,6 +66,8 @@ def _job_or_404(state: ServerState, job_id: str):
 
 
 def _job_request(body: Txt2ImgBody | Img2ImgBody, state: ServerState) -> dict[str, Any]:
+    if isinstance(body, Gif2GifBody):
+        return gif2gif_job_request(body, state)
     if isinstance(body, Img2ImgBody):
         return img2img_job_request(body, state)
     unsupported_features(body)
@@ -126,4 +135,4 @@ def image_file(job_id: str, index: int, request: Request) -> FileResponse:
     path = _state(request).image_file(job_id, index)
     if not path.is_file():
         raise NotFoundError(f"the image file of job {job_id} image {index} is gone from disk", field="index")
-    return FileResponse(path, media_type="image/png")
+    return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
