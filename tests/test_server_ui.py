@@ -331,6 +331,111 @@ def test_outpainting_from_the_img2img_tab(page, tmp_path):
     shot(page, "img2img-outpaint")
 
 
+def test_sd_upscale_from_the_img2img_tab(page, tmp_path):
+    picture = Image.effect_noise((32, 32), 50).convert("RGB")
+    picture.save(tmp_path / "init.png")
+    page.click("[data-tab=img2img]")
+    page.set_input_files("#img2img-paint .paint-file", str(tmp_path / "init.png"))
+    page.click(f"{I2I} .modes [data-mode=inpaint]")  # a painted mask is not sent with the script
+    paint_stroke(page, "#img2img-paint", [(0.2, 0.2), (0.6, 0.6)])
+    expect(page.locator(f"{I2I} fieldset.sd-upscale")).to_be_hidden()
+    page.select_option(f"{I2I} select[name=script_name]", "SD upscale")
+    expect(page.locator(f"{I2I} fieldset.sd-upscale")).to_be_visible()
+    expect(page.locator(f"{I2I} fieldset.outpaint")).to_be_hidden()
+    expect(page.locator(f"{I2I} fieldset.sd-upscale")).to_contain_text("size of each tile")
+    expect(page.locator(f"{I2I} select[name=sd_upscale_upscaler] option")).not_to_have_count(0)
+    page.select_option(f"{I2I} select[name=sd_upscale_upscaler]", "Lanczos")
+    page.fill(f"{I2I} input[name=sd_upscale_scale]", "2")
+    expect(page.locator(f"{I2I} input[name=sd_upscale_overlap]")).to_have_value("64")  # A1111's default
+    page.fill(f"{I2I} input[name=sd_upscale_overlap]", "16")  # less than the tile
+    page.fill(f"{I2I} input[name=width]", "32")
+    page.fill(f"{I2I} input[name=height]", "32")
+    page.fill(f"{I2I} input[name=steps]", "2")
+    page.fill(f"{I2I} input[name=denoising_strength]", "0")
+    shot(page, "img2img-sd-upscale")
+    job = submitted_job(page, f"{I2I} .generate")
+    request = job["request"]
+    assert job["kind"] == "img2img" and request["script_name"] == "SD upscale"
+    assert request["script_args"] == ["", 16, "Lanczos", 2]
+    assert "mask" not in request
+    assert not [key for key in request if key.startswith(("sd_upscale", "outpaint"))]  # fields, not args
+    expect(page.locator(f"{I2I} .gallery img.result")).to_have_count(1, timeout=60_000)
+    expect(page.locator("#message")).to_be_hidden()
+    assert natural_size(page, f"{I2I} .gallery img.result") == (64, 64)
+    made = result_image(page, f"{I2I} .gallery img.result")
+    assert made.tobytes() == picture.resize((64, 64), Image.Resampling.LANCZOS).tobytes()  # strength 0
+    expect(page.locator(f"{I2I} .infotext")).to_contain_text("SD upscale upscaler: Lanczos")
+
+
+def test_gif2gif_from_the_img2img_tab(page, tmp_path):
+    frames = [Image.new("RGB", (32, 32), colour) for colour in ((200, 40, 40), (40, 200, 40), (40, 40, 200))]
+    for number, frame in enumerate(frames):
+        frame.paste((250, 250, 250), (4 + 8 * number, 8, 12 + 8 * number, 24))  # a bar moving right
+    source = tmp_path / "moving.gif"
+    frames[0].save(source, save_all=True, append_images=frames[1:], duration=[100, 200, 300], loop=0)
+    page.click("[data-tab=img2img]")  # no init image: gif2gif does not use the canvas
+    page.select_option(f"{I2I} select[name=script_name]", "gif2gif")
+    script = page.locator(f"{I2I} fieldset.gif2gif")
+    expect(script).to_be_visible()
+    expect(script).to_contain_text("same seed")
+    page.click(f"{I2I} .generate")  # no file yet
+    expect(page.locator("#message")).to_have_text("gif2gif: choose an animation file first")
+    page.set_input_files(f"{I2I} input[name=animation_file]", str(source))
+    page.fill(f"{I2I} textarea[name=prompt]", "a moving bar")
+    page.fill(f"{I2I} input[name=steps]", "20")
+    page.fill(f"{I2I} input[name=width]", "64")
+    page.fill(f"{I2I} input[name=height]", "64")
+    page.fill(f"{I2I} input[name=seed]", "5")
+    page.fill(f"{I2I} input[name=denoising_strength]", "0.5")
+    page.select_option(f"{I2I} select[name=sampler_name]", "Euler")
+
+    job = submitted_job(page, f"{I2I} .generate")
+    request = job["request"]
+    assert job["kind"] == "gif2gif" and request["animation_format"] == "gif"
+    assert base64.b64decode(request["animation"]) == source.read_bytes()  # the file as it is
+    assert not {"init_images", "mask", "script_name", "script_args", "animation_file"} & set(request)
+    watch_progress(page, I2I)
+    animation = page.locator(f"{I2I} .gallery img.animation")
+    expect(animation).to_be_visible(timeout=120_000)
+    expect(page.locator("#message")).to_be_hidden()
+    expect(page.locator(f"{I2I} .gallery img.result")).to_have_count(3)  # the frames
+    made = next(j for j in httpx.get(f"{page.base_url}/sfumato/v1/jobs").json() if j["kind"] == "gif2gif")
+    images = httpx.get(f"{page.base_url}/sfumato/v1/jobs/{made['id']}").json()["images"]
+    assert [image["index"] for image in images] == [0, 1, 2, 3]
+    src = animation.get_attribute("src")
+    assert src == f"sfumato/v1/jobs/{made['id']}/images/3"  # the job's last image
+    with Image.open(io.BytesIO(httpx.get(f"{page.base_url}/{src}").content)) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 3 and gif.size == (64, 64)
+    assert natural_size(page, f"{I2I} .gallery img.animation") == (64, 64)
+    expect(page.locator(f"{I2I} .infotext")).to_contain_text("Seed: 5")
+    shot(page, "img2img-gif2gif")
+
+
+def test_gif2gif_of_a_video_shows_a_video_player(page, tmp_path):
+    from sfumato.imaging.video import write_video
+
+    frames = [Image.new("RGB", (32, 32), (60 * n, 90, 200 - 60 * n)) for n in range(3)]
+    clip = write_video(frames, [100, 100, 100], tmp_path / "clip.webm")
+    page.click("[data-tab=img2img]")
+    page.select_option(f"{I2I} select[name=script_name]", "gif2gif")
+    page.set_input_files(f"{I2I} input[name=animation_file]", str(clip))
+    page.fill(f"{I2I} input[name=steps]", "2")
+    page.fill(f"{I2I} input[name=width]", "32")
+    page.fill(f"{I2I} input[name=height]", "32")
+    assert submitted_job(page, f"{I2I} .generate")["request"]["animation_format"] == "webm"
+    video = page.locator(f"{I2I} .gallery video.animation")
+    expect(video).to_be_visible(timeout=120_000)
+    expect(page.locator(f"{I2I} .gallery img.result")).to_have_count(3)
+    assert video.get_attribute("controls") is not None
+    assert re.fullmatch(r"sfumato/v1/jobs/\w+/images/3", video.get_attribute("src") or "")
+    page.wait_for_function(  # Chromium reads it: the file and its media type are a video it plays
+        "document.querySelector('#img2img-form video.animation').readyState >= 1", timeout=30_000
+    )
+    page.click("[data-tab=queue]")
+    expect(page.locator("#past-images video.thumb")).to_have_count(1)  # the gallery shows it as a video
+    expect(page.locator("#past-images img.thumb")).to_have_count(3)
+
+
 def test_png_info_sends_parameters_and_image_to_img2img(page, tmp_path):
     made = httpx.post(
         f"{page.base_url}/sdapi/v1/txt2img",

@@ -61,6 +61,7 @@ function tableRows(table, rows) {
     element("td", {}, [cell instanceof Node ? cell : document.createTextNode(cell ?? "")])))));
 }
 
+// A file as a data: URL.
 function readFile(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -106,10 +107,12 @@ function wireToggles(root) {
     box.addEventListener("change", () => showSection(section, box.checked));
     showSection(section, box.checked);
   }
+  // A select shows, of the sections its `data-toggles-value` finds, the one whose `data-value` is its value.
   for (const select of $$("select[data-toggles-value]", root)) {
-    const section = $(select.dataset.togglesValue, root);
-    select.addEventListener("change", () => showSection(section, Boolean(select.value)));
-    showSection(section, Boolean(select.value));
+    const sections = $$(select.dataset.togglesValue, root);
+    const update = () => { for (const section of sections) showSection(section, section.dataset.value === select.value); };
+    select.addEventListener("change", update);
+    update();
   }
 }
 
@@ -295,10 +298,11 @@ class GenerationPanel {
     this.part("skip").disabled = !busy;
   }
 
+  // `buildRequest` turns the form's values into `{request}`, or `{kind, request}` for another job kind.
   async generate(event) {
     event.preventDefault();
-    const request = await this.buildRequest(formValues(this.form));
-    const job = await api("sfumato/v1/jobs", { method: "POST", body: { kind: this.kind, request } });
+    const { kind = this.kind, request } = await this.buildRequest(formValues(this.form));
+    const job = await api("sfumato/v1/jobs", { method: "POST", body: { kind, request } });
     this.setBusy(true);
     this.setProgress(0, job.queue_position > 0 ? `queued (${job.queue_position} ahead)` : "starting");
     try { await this.follow(job.id); } finally { this.setBusy(false); }
@@ -342,18 +346,39 @@ class GenerationPanel {
     $(".progress-text", box).textContent = text || `${percent}%`;
   }
 
+  // The job's images; a gif2gif job's last one is the animation, shown above its frames.
   showImages(job) {
     const infotext = this.part("infotext");
-    this.part("gallery").replaceChildren(...job.images.map((image) => element("img", {
-      src: `sfumato/v1/jobs/${encodeURIComponent(job.id)}/images/${image.index}`,
-      alt: `image ${image.index + 1}`, title: image.infotext, class: "result",
-      onclick: () => { infotext.textContent = image.infotext; },
-    })));
+    const frames = [...job.images];
+    const animation = job.kind === "gif2gif" && ["done", "interrupted"].includes(job.state) ? frames.pop() : null;
+    const shown = (image, properties) => mediaElement(jobImageUrl(job.id, image), image.path, {
+      title: image.infotext, onclick: () => { infotext.textContent = image.infotext; }, ...properties,
+    });
+    this.part("gallery").replaceChildren(
+      ...(animation ? [shown(animation, { alt: "the animation", class: "animation" })] : []),
+      ...frames.map((image) => shown(image, { alt: `image ${image.index + 1}`, class: "result" })),
+    );
     if (job.images.length) {
       infotext.textContent = job.images[0].infotext;
       this.lastSeed = job.images[0].seed;
     }
   }
+}
+
+function jobImageUrl(jobId, image) {
+  return `sfumato/v1/jobs/${encodeURIComponent(jobId)}/images/${image.index}`;
+}
+
+const VIDEO_FILE = /\.(mp4|mov|webm|mkv)$/i;
+
+// An <img> for a job's image file, or a <video controls> when the file is a video (an <img> shows
+// animated GIF, APNG and WebP itself).
+function mediaElement(src, path, properties) {
+  if (!VIDEO_FILE.test(path || "")) return element("img", { src, ...properties });
+  const { alt, ...rest } = properties;
+  const video = element("video", { src, controls: "", loop: "", muted: "", playsinline: "", "aria-label": alt || "video", ...rest });
+  video.muted = true; // the attribute alone does not mute a video made by script
+  return video;
 }
 
 // --- painting on an image: sketch strokes and inpainting masks ------------------------------------
@@ -514,7 +539,7 @@ class PaintCanvas {
 // --- txt2img and img2img requests --------------------------------------------------------------
 
 function txt2imgRequest(values) {
-  return values;
+  return { request: values };
 }
 
 function img2imgMode() {
@@ -528,20 +553,52 @@ function setImg2imgMode(mode) {
   showSection($("#img2img-form .inpaint-settings"), mode === "inpaint");
 }
 
-function img2imgRequest(values) {
+// The img2img tab's scripts, by the Script select's value; each has a fieldset of its own fields
+// (`data-value` = that value), which are never sent as they are. An A1111 script becomes `script_args`
+// in the order of its `args`; one that is a job kind of its own gives its `kind` and `inputs` instead
+// of the init image. No script uses the painted mask.
+const IMG2IMG_SCRIPTS = {
+  "Poor man's outpainting": {
+    args(v) {
+      if (!v.outpaint_direction) throw new Error("outpainting: tick at least one direction");
+      return [v.outpaint_pixels, v.outpaint_mask_blur, v.outpaint_fill, v.outpaint_direction];
+    },
+  },
+  "SD upscale": { args: (v) => ["", v.sd_upscale_overlap, v.sd_upscale_upscaler, v.sd_upscale_scale] },
+  gif2gif: { kind: "gif2gif", inputs: (form) => animationInput(form.elements.animation_file) },
+};
+
+// The chosen animation file as the gif2gif job takes it: the file's bytes as base64, and its format
+// from its extension (one of those the file input accepts).
+async function animationInput(input) {
+  const file = input.files[0];
+  if (!file) throw new Error("gif2gif: choose an animation file first");
+  const formats = input.accept.split(",").map((suffix) => suffix.trim().slice(1));
+  const format = file.name.includes(".") ? file.name.split(".").pop().toLowerCase() : "";
+  if (!formats.includes(format)) throw new Error(`gif2gif: ${file.name} is not one of ${formats.join(", ")}`);
+  const dataUrl = await readFile(file);
+  return { animation: dataUrl.slice(dataUrl.indexOf(",") + 1), animation_format: format };
+}
+
+async function img2imgRequest(values) {
+  const form = $("#img2img-form");
+  const request = { ...values };
+  for (const control of $$("fieldset.script [name]", form)) delete request[control.name];
+  const script = values.script_name ? IMG2IMG_SCRIPTS[values.script_name] : null;
+  if (script && script.kind) {
+    delete request.script_name;
+    return { kind: script.kind, request: { ...request, ...(await script.inputs(form)) } };
+  }
   const paint = state.paints.img2img;
   if (!paint.hasImage) throw new Error("add an init image first: choose a file or drop one on the canvas");
-  const request = { ...values, init_images: [paint.imageData()] };
-  const outpaint = ["outpaint_pixels", "outpaint_mask_blur", "outpaint_fill", "outpaint_direction"];
-  if (request.script_name) {
-    if (!request.outpaint_direction) throw new Error("outpainting: tick at least one direction");
-    request.script_args = outpaint.map((name) => request[name]);
+  request.init_images = [paint.imageData()];
+  if (script) {
+    request.script_args = script.args(values);
   } else if (img2imgMode() === "inpaint") {
     if (paint.maskIsEmpty()) throw new Error("inpaint: paint over the area to repaint first");
     request.mask = paint.maskData();
   }
-  for (const name of outpaint) delete request[name];
-  return request;
+  return { request };
 }
 
 // --- PNG Info -------------------------------------------------------------------------------------
@@ -751,8 +808,7 @@ async function refreshQueue() {
       : "",
   ]));
   const images = await api("sfumato/v1/images?limit=60");
-  $("#past-images").replaceChildren(...images.map((image) => element("img", {
-    src: `sfumato/v1/jobs/${encodeURIComponent(image.job_id)}/images/${image.index}`,
+  $("#past-images").replaceChildren(...images.map((image) => mediaElement(jobImageUrl(image.job_id, image), image.path, {
     alt: `seed ${image.seed}`, title: image.infotext, class: "thumb",
   })));
 }
@@ -851,7 +907,9 @@ async function start() {
   ]);
   const methodLabels = { telea: "Telea (fast marching)", ns: "Navier-Stokes" };
   fillSelect($("#extras-form").elements.clean_method, cleanMethods.map((m) => [m, methodLabels[m] || m]), "telea");
-  fillSelect($("#extras-form").elements.upscaler_1, upscalers.map((u) => [u.name, u.name]), "Lanczos");
+  for (const select of [$("#extras-form").elements.upscaler_1, $("#img2img-form").elements.sd_upscale_upscaler]) {
+    fillSelect(select, upscalers.map((u) => [u.name, u.name]), "Lanczos");
+  }
   const hiresUpscalers = [...latentModes.map((m) => m.name), ...upscalers.map((u) => u.name).filter((n) => n !== "None")];
   fillSelect($("#txt2img-form").elements.hr_upscaler, hiresUpscalers.map((name) => [name, name]), "Latent");
   for (const form of [$("#txt2img-form"), $("#img2img-form")]) {
