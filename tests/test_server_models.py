@@ -78,6 +78,7 @@ def test_sd_upscale_script(url):
         (["", 8, 9, 2], "script_args.2"),
         (["", 8, 1, 20], "script_args.3"),
         (["", -1], "script_args.1"),
+        (["", 32, 1, 2], "script_args.1"),  # not smaller than the 32-pixel tile
     ]:
         bad = post(url, "/sdapi/v1/img2img", {**body, "script_name": "SD upscale", "script_args": args})
         assert bad.status_code == 422 and bad.json()["field"] == field, bad.text

@@ -200,6 +200,12 @@ def img2img_job_request(body: Img2ImgBody, state: ServerState) -> dict[str, Any]
         names = upscaler_names(state.upscalers)
         extra["sd_upscale"] = asdict(sd_upscale_script.parse_script_args(body.script_args, names))
     generation = generation_fields(body, state, Img2ImgRequest, forced)
+    tile = [side for side in (generation.get("width"), generation.get("height")) if side]
+    if "sd_upscale" in extra and tile and extra["sd_upscale"]["overlap"] >= min(tile):
+        raise UserError(
+            f"script_args.1: the tile overlap must be less than the tile size ({min(tile)} px)",
+            field="script_args.1",
+        )
     inputs = {"init_image": encode_png(image), "mask": encode_png(mask) if mask is not None else None}
     return {"generation": generation, "inputs": inputs, **extra}
 
