@@ -74,15 +74,17 @@ def _verdicts(loaded, prompts: list[tuple[str, Scene]]):
 
 
 def test_held_out_prompts_get_their_background_and_object_colour(loaded):
-    """Measured on 12 held-out prompts (seeds 1000-1011): background 12, one object 12, object colour 6,
-    shape 4, position 4. Chance is 1.2 for a colour and 2 for a shape; shape and position are not yet
-    learned well enough to assert (see issue 4's note), so only what the model does reliably is."""
+    """Measured on 12 held-out prompts (seeds 1000-1011): background 12, one object 11, object colour 11,
+    shape 5, position 7. Chance is 1.2 for a colour, 2 for a shape and 1.3 for a position; the shape and
+    position thresholds are kept low, as those attributes are still weakly learned (see issue 4)."""
     prompts = eval_prompts(PROMPTS, seed=7, two_objects=False)
     verdicts = _verdicts(loaded, prompts)
     report = [(text, v) for (text, _), v in zip(prompts, verdicts, strict=True)]
     assert sum(v.background_ok for v in verdicts) >= 10, report
     assert sum(v.count_ok for v in verdicts) >= 9, report
-    assert sum(v.objects[0].colour_ok for v in verdicts) >= 4, report
+    assert sum(v.objects[0].colour_ok for v in verdicts) >= 8, report
+    assert sum(v.objects[0].shape_ok for v in verdicts) >= 3, report
+    assert sum(v.objects[0].position_ok for v in verdicts) >= 4, report
 
 
 def test_readme_first_command_draws_a_red_object_on_white(tmp_path, capsys):
@@ -128,8 +130,8 @@ def test_inpainting_a_red_circle_as_a_blue_square_paints_blue_there_and_nowhere_
         out = np.asarray(image).astype(int)
         inside = out[top:bottom, left:right].reshape(-1, 3)
         painted = inside[inside.min(1) < 200]
-        # measured: mean painted RGB about (72, 165, 208) for seeds 0-2; the red circle was (255, ~0, ~0).
-        # The model leans blue towards cyan (its colour accuracy is 0.57), so "blue" is B ≫ R.
+        # measured: mean painted RGB about (88, 114, 187) for seeds 0-2; the red circle was (255, ~0, ~0).
+        # The model's blue is light (its colour accuracy is 0.71), so "blue" is B ≫ R.
         assert len(painted) > 0.5 * len(inside)
         red, _, blue = painted.mean(0)
         assert red < 120 and blue - red > 80, painted.mean(0)
