@@ -36,3 +36,21 @@ def data_dir(tmp_path: Path, tiny_models) -> Path:
     source = tiny_models["sd1"][0]
     (folder / "tiny-sd1.safetensors").write_bytes(source.read_bytes())
     return tmp_path
+
+
+@pytest.fixture
+def cli_txt2img(data_dir, capsys):
+    """`sfumato txt2img PROMPT` on the tiny data dir (64², 2 steps, a fixed seed): returns the image's
+    RGB bytes, its infotext and what was said on stderr."""
+    from PIL import Image
+
+    from sfumato.cli import main
+
+    def generate(prompt: str, seed: int = 1) -> tuple[bytes, str, str]:
+        argv = ["txt2img", "--data-dir", str(data_dir), "--steps", "2", "--seed", str(seed)]
+        assert main([*argv, "--width", "64", "--height", "64", prompt]) == 0
+        out, err = capsys.readouterr()
+        with Image.open(out.strip()) as image:
+            return image.convert("RGB").tobytes(), image.text["parameters"], err
+
+    return generate

@@ -7,10 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
-from PIL import Image
 
 from sfumato.adapters.hypernetwork import load_hypernetwork
-from sfumato.cli import main
 from sfumato.testing.tiny_networks import a1111_hypernetwork
 
 
@@ -59,32 +57,17 @@ def test_modules_are_rebuilt_from_the_file_layout(tmp_path, options, activation)
         torch.testing.assert_close(module(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_a_hypernetwork_tag_changes_the_picture_and_comes_off(data_dir, tiny_models, capsys):
+def test_a_hypernetwork_tag_changes_the_picture_and_comes_off(data_dir, tiny_models, cli_txt2img):
     unet = tiny_models["sd1"][1].unet
     widths = sorted({m.to_k.in_features for m in unet.modules() if isinstance(m, Attention)})
     folder = data_dir / "models" / "hypernetworks"
     folder.mkdir(parents=True)
     torch.save(a1111_hypernetwork(widths), folder / "anime.pt")
     torch.save({"weight": torch.zeros(2)}, folder / "notone.pt")
-    argv = [
-        "txt2img",
-        "--data-dir",
-        str(data_dir),
-        "--steps",
-        "2",
-        "--seed",
-        "2",
-        "--width",
-        "64",
-        "--height",
-        "64",
-    ]
 
     def generate(prompt):
-        assert main([*argv, prompt]) == 0
-        out, err = capsys.readouterr()
-        with Image.open(out.strip()) as image:
-            return image.convert("RGB").tobytes(), err
+        image, _, err = cli_txt2img(prompt, seed=2)
+        return image, err
 
     plain, _ = generate("a cat")
     strong, err = generate("a cat <hypernet:anime:1>")

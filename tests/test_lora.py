@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-from PIL import Image
 
 from sfumato.adapters.network_files import read_network
 from sfumato.adapters.patcher import NetworkPatcher
@@ -183,30 +182,16 @@ def test_a_lora_for_another_family_is_skipped_with_a_note(tmp_path, tiny_models)
     assert all(torch.equal(v, base[k]) for k, v in weights(model).items())
 
 
-def test_lora_tags_in_txt2img_change_the_image_record_hashes_and_come_off(data_dir, tiny_models, capsys):
+def test_lora_tags_in_txt2img_change_the_image_record_hashes_and_come_off(data_dir, tiny_models, cli_txt2img):
     lora_dir = data_dir / "models" / "Lora"
     lora_dir.mkdir(parents=True)
     write_network(
         lora_dir / "style.safetensors", kohya_lora(tiny_models["sd1"][1]), {"ss_output_name": "style"}
     )
-    argv = [
-        "txt2img",
-        "--data-dir",
-        str(data_dir),
-        "--steps",
-        "2",
-        "--seed",
-        "1",
-        "--width",
-        "64",
-        "--height",
-        "64",
-    ]
 
     def generate(prompt):
-        assert main([*argv, prompt]) == 0
-        with Image.open(capsys.readouterr().out.strip()) as image:
-            return image.convert("RGB").tobytes(), image.text["parameters"]
+        image, parameters, _ = cli_txt2img(prompt)
+        return image, parameters
 
     plain, plain_text = generate("a cat")
     styled, styled_text = generate("a cat <lora:style:0.9>")
