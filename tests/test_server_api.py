@@ -461,3 +461,18 @@ def test_clean_bad_input_is_422_naming_the_field(url, body, field):
     response = post(url, "/sfumato/v1/clean", {**good, **body})
     assert response.status_code == 422, response.text
     assert response.json()["field"] == field
+
+
+def test_negative_guidance_minimum_sigma_from_the_body_or_the_options(url):
+    made = post(url, "/sdapi/v1/txt2img", {**TINY, "s_min_uncond": 3}).json()
+    assert "NGMS: 3" in json.loads(made["info"])["infotexts"][0]
+    bad = post(url, "/sdapi/v1/options", {"s_min_uncond": "fast"})
+    assert bad.status_code == 422 and "s_min_uncond" in bad.text
+    try:
+        assert (
+            post(url, "/sdapi/v1/options", {"s_min_uncond": 2, "s_min_uncond_all": True}).status_code == 200
+        )
+        info = json.loads(post(url, "/sdapi/v1/txt2img", TINY).json()["info"])["infotexts"][0]
+        assert "NGMS: 2, NGMS all steps: True" in info
+    finally:
+        post(url, "/sdapi/v1/options", {"s_min_uncond": 0, "s_min_uncond_all": False})

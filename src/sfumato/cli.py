@@ -100,6 +100,18 @@ def _generation_args(p: argparse.ArgumentParser, task: str) -> None:
         "--pad-conds", action="store_const", const=True, help="pad prompt and negative to one length"
     )
     p.add_argument(
+        "--s-min-uncond",
+        type=float,
+        metavar="SIGMA",
+        help="skip the negative prompt below this sigma on odd steps, faster (A1111's NGMS; 0: off)",
+    )
+    p.add_argument(
+        "--s-min-uncond-all",
+        action="store_const",
+        const=True,
+        help="with --s-min-uncond: skip on every step below the sigma, not every other one",
+    )
+    p.add_argument(
         "--prediction", choices=["epsilon", "v_prediction"], help="override the model's prediction type"
     )
     p.add_argument("--from-png", type=Path, help="rebuild the request from a PNG's parameters")
@@ -133,6 +145,8 @@ TXT2IMG_FLAG_FIELDS = {
     "clip_skip": "clip_skip",
     "emphasis": "emphasis",
     "pad_conds": "pad_conds",
+    "s_min_uncond": "s_min_uncond",
+    "s_min_uncond_all": "s_min_uncond_all",
     "prediction": "prediction",
 }
 

@@ -58,6 +58,8 @@ def infotext_params(
         "Clip skip": r["clip_skip"] if r.get("clip_skip", 1) > 1 else None,
         "Emphasis": r["emphasis"] if r.get("emphasis", "Original") != "Original" else None,
         "Pad conds": True if r.get("pad_conds") else None,
+        "NGMS": _number(r["s_min_uncond"]) if r.get("s_min_uncond") else None,
+        "NGMS all steps": True if r.get("s_min_uncond") and r.get("s_min_uncond_all") else None,
         **extra,
         "Version": f"sfumato {__version__}",
     }
@@ -115,6 +117,7 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
         "hr_second_pass_steps": ("Hires steps", _int),
         "hr_resize_x": ("Hires resize-1", _int),
         "hr_resize_y": ("Hires resize-2", _int),
+        "s_min_uncond": ("NGMS", _float),
     }
     for field, (key, convert) in numeric.items():
         if key in parsed and (value := convert(parsed[key])) is not None:
@@ -126,6 +129,8 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
     _hires_choices(parsed, fields)
     if str(parsed.get("Pad conds", "")).lower() == "true":
         fields["pad_conds"] = True
+    if str(parsed.get("NGMS all steps", "")).lower() == "true":
+        fields["s_min_uncond_all"] = True
     if parsed.get("Emphasis") in ("Original", "No norm", "None"):
         fields["emphasis"] = parsed["Emphasis"]
     for field in ("seed_resize_from_w", "seed_resize_from_h"):

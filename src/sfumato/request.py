@@ -41,6 +41,9 @@ class GenerationRequest(BaseModel):
     clip_skip: int = Field(1, ge=1, le=12)
     emphasis: Literal["Original", "No norm", "None"] = "Original"  # A1111's emphasis mode
     pad_conds: bool = False  # A1111's "Pad prompt/negative prompt": pad to one length, batch together
+    # A1111's "Negative Guidance minimum sigma" (0: off) and "... all steps" (else odd steps only).
+    s_min_uncond: float = Field(0.0, ge=0.0, le=1000.0)
+    s_min_uncond_all: bool = False
     model: str | None = None  # checkpoint name, title, hash or path; None: the default model
     vae: str | None = None  # "Automatic" / None: the checkpoint's own or its x.vae.* file; "None": baked-in
     prediction: Literal["epsilon", "v_prediction"] | None = None  # override for SD2-style ambiguity

@@ -92,6 +92,10 @@ class GuidedDenoiser:
     With `image_cfg_scale` (instruct-pix2pix), three calls per step: text + image, image only, neither;
     x0 = n + scale · (ti − i) + image_scale · (i − n) (Brooks et al. 2023, as A1111 and diffusers).
     The image conditioning is `extras.c_concat`; "neither" gets zeros. AND cannot combine with it.
+
+    `NegativeGuidanceSkip` (A1111's "Negative Guidance minimum sigma", infotext "NGMS") is an opt-in
+    approximation: on the steps it picks, the negative prompt's UNet half is not computed and the first
+    positive output stands in for it, so those steps cost one batch half less and are unguided.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class GuidedDenoiser:
         extras: UNetExtras,
         pad_with: Conditioning | None = None,
         image_cfg_scale: float | None = None,
+        skip_negative: NegativeGuidanceSkip | None = None,
     ) -> None:
         self.model = model
         self.sigmas = sigmas.float().cpu()
@@ -113,6 +118,7 @@ class GuidedDenoiser:
         if image_cfg_scale is not None and extras.c_concat is None:
             raise ValueError("image_cfg_scale needs the image conditioning in extras.c_concat")
         self.image_cfg_scale = image_cfg_scale
+        self.skip_negative = skip_negative
 
     def step_for(self, sigma: torch.Tensor) -> int:
         value = float(sigma.reshape(-1)[0])
@@ -120,13 +126,19 @@ class GuidedDenoiser:
         return max(0, min(above - 1, len(self.sigmas) - 2))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        uncond, parts = self.conditioning_at(self.step_for(sigma))
+        step = self.step_for(sigma)
+        uncond, parts = self.conditioning_at(step)
         if self.image_cfg_scale is not None:
             return self._edit_guidance(x, sigma, uncond, parts)
         if self.cfg_scale == 1.0 and len(parts) == 1 and parts[0][1] == 1.0:
             return self.model(x, sigma, parts[0][0], self.extras)  # u + 1·(c − u) = c: skip u
-        conds = [uncond, *(cond for cond, _ in parts)]
+        skip = self.skip_negative is not None and self.skip_negative.applies(
+            step, float(sigma.reshape(-1)[0])
+        )
+        conds = [cond for cond, _ in parts] if skip else [uncond, *(cond for cond, _ in parts)]
         outputs = self._run_all(x, sigma, conds, [self.extras] * len(conds))
+        if skip:
+            outputs = [outputs[0], *outputs]  # the first positive output stands in for the negative's
         out_uncond = outputs[0]
         result = out_uncond.clone()
         for (_, weight), out_cond in zip(parts, outputs[1:], strict=True):
@@ -171,6 +183,22 @@ class GuidedDenoiser:
             for i, chunk in zip(indices, out.chunk(n), strict=True):
                 outputs[i] = chunk
         return outputs  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class NegativeGuidanceSkip:
+    """Where to skip the negative prompt: below `min_sigma`, on odd steps only unless `all_steps`.
+
+    A1111's rule (options `s_min_uncond` and `s_min_uncond_all`): alternating keeps most of the
+    guidance's effect at thresholds that would wash the image out if every low-sigma step skipped.
+    A1111 counts denoiser calls where this counts sampler steps; they agree for one-call samplers.
+    """
+
+    min_sigma: float
+    all_steps: bool = False
+
+    def applies(self, step: int, sigma: float) -> bool:
+        return self.min_sigma > 0 and sigma < self.min_sigma and (self.all_steps or step % 2 == 1)
 
 
 class MaskBlend:

@@ -28,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "outdir_samples": "",
     "emphasis": "Original",
     "pad_cond_uncond": False,
+    "s_min_uncond": 0.0,
+    "s_min_uncond_all": False,
     "sd_checkpoint_hash": None,
 }
 
@@ -47,6 +49,15 @@ def _boolean(name: str) -> Callable[[Any], bool]:
         if not isinstance(value, bool):
             raise UserError(f"{name}: must be true or false", field=name)
         return value
+
+    return check
+
+
+def _sigma(name: str) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1000:
+            raise UserError(f"{name}: must be a number from 0 to 1000 (0: off)", field=name)
+        return float(value)
 
     return check
 
@@ -79,6 +90,8 @@ class OptionsStore:
             "CLIP_stop_at_last_layers": _clip_skip,
             "samples_save": _boolean("samples_save"),
             "pad_cond_uncond": _boolean("pad_cond_uncond"),
+            "s_min_uncond": _sigma("s_min_uncond"),
+            "s_min_uncond_all": _boolean("s_min_uncond_all"),
             "samples_format": _choice("samples_format", ("png",)),
             "emphasis": _choice("emphasis", ("Original", "No norm", "None")),
         }
@@ -131,6 +144,8 @@ OPTION_FIELDS = {
     "CLIP_stop_at_last_layers": "clip_skip",
     "emphasis": "emphasis",
     "pad_cond_uncond": "pad_conds",
+    "s_min_uncond": "s_min_uncond",
+    "s_min_uncond_all": "s_min_uncond_all",
     "sd_model_checkpoint": "model",
     "sd_vae": "vae",
 }

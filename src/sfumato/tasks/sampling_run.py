@@ -16,7 +16,13 @@ from sfumato.errors import InterruptedByUser, SkippedByUser
 from sfumato.models.loader import LoadedModel
 from sfumato.prompts.plan import ConditioningPlan
 from sfumato.request import GenerationRequest
-from sfumato.sampling.denoiser import GuidedDenoiser, MaskBlend, ModelDenoiser, UNetExtras
+from sfumato.sampling.denoiser import (
+    GuidedDenoiser,
+    MaskBlend,
+    ModelDenoiser,
+    NegativeGuidanceSkip,
+    UNetExtras,
+)
 from sfumato.sampling.discrete import DiscreteSchedule
 from sfumato.sampling.noise import BrownianTreeNoiseSampler, ImageRNG, ImageRNGNoiseSampler, NoiseSampler
 from sfumato.sampling.samplers import SamplerInfo, StepInfo
@@ -109,6 +115,9 @@ def sample_latents(
         extras,
         pad_with=plan.encoder("") if request.pad_conds else None,
         image_cfg_scale=None if image is None else image.image_cfg_scale,
+        skip_negative=NegativeGuidanceSkip(request.s_min_uncond, request.s_min_uncond_all)
+        if request.s_min_uncond > 0
+        else None,
     )
     blend = None
     if start is not None and start.keep is not None:
