@@ -476,3 +476,16 @@ def test_negative_guidance_minimum_sigma_from_the_body_or_the_options(url):
         assert "NGMS: 2, NGMS all steps: True" in info
     finally:
         post(url, "/sdapi/v1/options", {"s_min_uncond": 0, "s_min_uncond_all": False})
+
+
+def test_token_merging_from_the_body_or_the_options(url):
+    made = post(url, "/sdapi/v1/txt2img", {**TINY, "token_merging_ratio": 0.5}).json()
+    assert "Token merging ratio: 0.5" in json.loads(made["info"])["infotexts"][0]
+    bad = post(url, "/sdapi/v1/options", {"token_merging_ratio": 0.95})
+    assert bad.status_code == 422 and bad.json()["field"] == "token_merging_ratio"
+    try:
+        assert post(url, "/sdapi/v1/options", {"token_merging_ratio": 0.3}).status_code == 200
+        info = json.loads(post(url, "/sdapi/v1/txt2img", TINY).json()["info"])["infotexts"][0]
+        assert "Token merging ratio: 0.3" in info
+    finally:
+        post(url, "/sdapi/v1/options", {"token_merging_ratio": 0})

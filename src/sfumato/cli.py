@@ -59,6 +59,12 @@ def _txt2img_parser(sub: argparse._SubParsersAction) -> None:
     hires.add_argument("--hires-prompt", help="second-pass prompt (default: the same)")
     hires.add_argument("--hires-negative", help="second-pass negative prompt (default: the same)")
     hires.add_argument("--strength", type=float, help="second-pass denoising strength (default 0.75)")
+    hires.add_argument(
+        "--hires-token-merging-ratio",
+        type=float,
+        metavar="RATIO",
+        help="second-pass token merging ratio (default: the first pass's)",
+    )
     p.set_defaults(handler=cmd_txt2img)
 
 
@@ -73,6 +79,7 @@ HIRES_FLAG_FIELDS = {
     "hires_prompt": "hr_prompt",
     "hires_negative": "hr_negative_prompt",
     "strength": "denoising_strength",
+    "hires_token_merging_ratio": "token_merging_ratio_hr",
 }
 
 
@@ -112,6 +119,12 @@ def _generation_args(p: argparse.ArgumentParser, task: str) -> None:
         help="with --s-min-uncond: skip on every step below the sigma, not every other one",
     )
     p.add_argument(
+        "--token-merging-ratio",
+        type=float,
+        metavar="RATIO",
+        help="merge this share of self-attention tokens, faster and approximate (A1111's ToMe; 0: off)",
+    )
+    p.add_argument(
         "--prediction", choices=["epsilon", "v_prediction"], help="override the model's prediction type"
     )
     p.add_argument("--from-png", type=Path, help="rebuild the request from a PNG's parameters")
@@ -147,6 +160,7 @@ TXT2IMG_FLAG_FIELDS = {
     "pad_conds": "pad_conds",
     "s_min_uncond": "s_min_uncond",
     "s_min_uncond_all": "s_min_uncond_all",
+    "token_merging_ratio": "token_merging_ratio",
     "prediction": "prediction",
 }
 

@@ -35,6 +35,8 @@ def infotext_params(
     r = request_fields
     extra = dict(extra or {})
     strength = r.get("subseed_strength", 0.0)
+    tome = r.get("token_merging_ratio", 0.0)
+    tome_hr = (r.get("token_merging_ratio_hr") or tome) if r.get("enable_hr") else 0.0
     resize = (r.get("seed_resize_from_w", 0), r.get("seed_resize_from_h", 0))
     params: dict[str, Any] = {
         "Steps": r["steps"],
@@ -56,6 +58,8 @@ def infotext_params(
         else None,
         "Eta": _number(r["eta"]) if r.get("eta") is not None else None,
         "Clip skip": r["clip_skip"] if r.get("clip_skip", 1) > 1 else None,
+        "Token merging ratio": _number(tome) if tome else None,
+        "Token merging ratio hr": _number(tome_hr) if tome_hr else None,  # the pass's own, as A1111
         "Emphasis": r["emphasis"] if r.get("emphasis", "Original") != "Original" else None,
         "Pad conds": True if r.get("pad_conds") else None,
         "NGMS": _number(r["s_min_uncond"]) if r.get("s_min_uncond") else None,
@@ -118,6 +122,8 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
         "hr_resize_x": ("Hires resize-1", _int),
         "hr_resize_y": ("Hires resize-2", _int),
         "s_min_uncond": ("NGMS", _float),
+        "token_merging_ratio": ("Token merging ratio", _float),
+        "token_merging_ratio_hr": ("Token merging ratio hr", _float),
     }
     for field, (key, convert) in numeric.items():
         if key in parsed and (value := convert(parsed[key])) is not None:

@@ -44,6 +44,10 @@ class GenerationRequest(BaseModel):
     # A1111's "Negative Guidance minimum sigma" (0: off) and "... all steps" (else odd steps only).
     s_min_uncond: float = Field(0.0, ge=0.0, le=1000.0)
     s_min_uncond_all: bool = False
+    # A1111's token merging (ToMe): the share of self-attention tokens merged (0: off); `_hr` is the
+    # hires pass's (0: the first pass's ratio).
+    token_merging_ratio: float = Field(0.0, ge=0.0, le=0.9)
+    token_merging_ratio_hr: float = Field(0.0, ge=0.0, le=0.9)
     model: str | None = None  # checkpoint name, title, hash or path; None: the default model
     vae: str | None = None  # "Automatic" / None: the checkpoint's own or its x.vae.* file; "None": baked-in
     prediction: Literal["epsilon", "v_prediction"] | None = None  # override for SD2-style ambiguity

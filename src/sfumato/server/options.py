@@ -30,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "pad_cond_uncond": False,
     "s_min_uncond": 0.0,
     "s_min_uncond_all": False,
+    "token_merging_ratio": 0.0,
+    "token_merging_ratio_hr": 0.0,
     "sd_checkpoint_hash": None,
 }
 
@@ -57,6 +59,15 @@ def _sigma(name: str) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1000:
             raise UserError(f"{name}: must be a number from 0 to 1000 (0: off)", field=name)
+        return float(value)
+
+    return check
+
+
+def _ratio(name: str) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 0.9:
+            raise UserError(f"{name}: must be a number from 0 to 0.9 (0: off)", field=name)
         return float(value)
 
     return check
@@ -92,6 +103,8 @@ class OptionsStore:
             "pad_cond_uncond": _boolean("pad_cond_uncond"),
             "s_min_uncond": _sigma("s_min_uncond"),
             "s_min_uncond_all": _boolean("s_min_uncond_all"),
+            "token_merging_ratio": _ratio("token_merging_ratio"),
+            "token_merging_ratio_hr": _ratio("token_merging_ratio_hr"),
             "samples_format": _choice("samples_format", ("png",)),
             "emphasis": _choice("emphasis", ("Original", "No norm", "None")),
         }
@@ -146,6 +159,8 @@ OPTION_FIELDS = {
     "pad_cond_uncond": "pad_conds",
     "s_min_uncond": "s_min_uncond",
     "s_min_uncond_all": "s_min_uncond_all",
+    "token_merging_ratio": "token_merging_ratio",
+    "token_merging_ratio_hr": "token_merging_ratio_hr",
     "sd_model_checkpoint": "model",
     "sd_vae": "vae",
 }

@@ -198,6 +198,7 @@ def hires_pass(
         first_index,
         start=LatentStart(upscaled, noise_sigma),
         image=image_guidance(model, shape[1:], len(seeds)),
+        hires=True,
     )
     return _cropped(out, plan.crop), interrupted
 

@@ -26,6 +26,7 @@ from sfumato.sampling.denoiser import (
 from sfumato.sampling.discrete import DiscreteSchedule
 from sfumato.sampling.noise import BrownianTreeNoiseSampler, ImageRNG, ImageRNGNoiseSampler, NoiseSampler
 from sfumato.sampling.samplers import SamplerInfo, StepInfo
+from sfumato.sampling.token_merging import merging_ratio, token_merging
 from sfumato.tasks.common import Progress, RunControl, stop_check
 
 
@@ -82,9 +83,11 @@ def sample_latents(
     *,
     start: LatentStart | None = None,
     image: ImageGuidance | None = None,
+    hires: bool = False,
 ) -> tuple[torch.Tensor, bool]:
     """Sample one batch of latents; returns (latents, interrupted). On interruption or skip the latest
-    clean prediction is returned, as A1111 does, so the caller still gets an image."""
+    clean prediction is returned, as A1111 does, so the caller still gets an image. `hires`: this is
+    txt2img's second pass (it has its own token merging ratio)."""
     batch = len(seeds)
     rng = ImageRNG(
         shape,
@@ -134,7 +137,7 @@ def sample_latents(
     options = {} if request.eta is None else {"eta": request.eta}
     interrupted = False
     try:
-        with torch.no_grad():
+        with torch.no_grad(), token_merging(model.unet, merging_ratio(request, hires=hires)):
             out = sampler(
                 denoiser,
                 x,
