@@ -489,3 +489,16 @@ def test_token_merging_from_the_body_or_the_options(url):
         assert "Token merging ratio: 0.3" in info
     finally:
         post(url, "/sdapi/v1/options", {"token_merging_ratio": 0})
+
+
+def test_deepcache_interval_from_the_body_or_the_options(url):
+    made = post(url, "/sdapi/v1/txt2img", {**TINY, "deepcache_interval": 2}).json()
+    assert "DeepCache interval: 2" in json.loads(made["info"])["infotexts"][0]
+    bad = post(url, "/sdapi/v1/options", {"deepcache_interval": 1.5})
+    assert bad.status_code == 422 and bad.json()["field"] == "deepcache_interval"
+    try:
+        assert post(url, "/sdapi/v1/options", {"deepcache_interval": 3}).status_code == 200
+        info = json.loads(post(url, "/sdapi/v1/txt2img", TINY).json()["info"])["infotexts"][0]
+        assert "DeepCache interval: 3" in info
+    finally:
+        post(url, "/sdapi/v1/options", {"deepcache_interval": 0})

@@ -125,6 +125,12 @@ def _generation_args(p: argparse.ArgumentParser, task: str) -> None:
         help="merge this share of self-attention tokens, faster and approximate (A1111's ToMe; 0: off)",
     )
     p.add_argument(
+        "--deepcache-interval",
+        type=int,
+        metavar="N",
+        help="the full UNet every N-th step, its outer layers only between: faster, approximate (0: off)",
+    )
+    p.add_argument(
         "--prediction", choices=["epsilon", "v_prediction"], help="override the model's prediction type"
     )
     p.add_argument("--from-png", type=Path, help="rebuild the request from a PNG's parameters")
@@ -161,6 +167,7 @@ TXT2IMG_FLAG_FIELDS = {
     "s_min_uncond": "s_min_uncond",
     "s_min_uncond_all": "s_min_uncond_all",
     "token_merging_ratio": "token_merging_ratio",
+    "deepcache_interval": "deepcache_interval",
     "prediction": "prediction",
 }
 

@@ -64,6 +64,7 @@ def infotext_params(
         "Pad conds": True if r.get("pad_conds") else None,
         "NGMS": _number(r["s_min_uncond"]) if r.get("s_min_uncond") else None,
         "NGMS all steps": True if r.get("s_min_uncond") and r.get("s_min_uncond_all") else None,
+        "DeepCache interval": r["deepcache_interval"] if r.get("deepcache_interval", 0) > 1 else None,
         **extra,
         "Version": f"sfumato {__version__}",
     }
@@ -124,6 +125,7 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
         "s_min_uncond": ("NGMS", _float),
         "token_merging_ratio": ("Token merging ratio", _float),
         "token_merging_ratio_hr": ("Token merging ratio hr", _float),
+        "deepcache_interval": ("DeepCache interval", _int),
     }
     for field, (key, convert) in numeric.items():
         if key in parsed and (value := convert(parsed[key])) is not None:

@@ -74,6 +74,17 @@ class ModelDenoiser:
         return x - out * sigma_b
 
 
+def step_index(sigmas: torch.Tensor, sigma: torch.Tensor) -> int:
+    """The sampler step a model call at `sigma` belongs to: the last of the schedule's (CPU, float)
+    `sigmas` at or above it, so a step's extra evaluations between its sigmas count to it."""
+    value = float(sigma.reshape(-1)[0])
+    above = int((sigmas[:-1] >= value * (1 - 1e-6)).sum().item())
+    return max(0, min(above - 1, len(sigmas) - 2))
+
+
+ModelCall = Callable[[torch.Tensor, torch.Tensor, Conditioning, UNetExtras], torch.Tensor]
+"""A conditioned model call (x, sigma, conditioning, extras) -> x0: a `ModelDenoiser` or a wrapper of one."""
+
 ConditioningAt = Callable[[int], tuple[Conditioning, list[tuple[Conditioning, float]]]]
 """Given a step index: the negative conditioning and the weighted positive parts (AND), for the batch."""
 
@@ -100,7 +111,7 @@ class GuidedDenoiser:
 
     def __init__(
         self,
-        model: ModelDenoiser,
+        model: ModelCall,
         sigmas: torch.Tensor,
         conditioning_at: ConditioningAt,
         cfg_scale: float,
@@ -121,9 +132,7 @@ class GuidedDenoiser:
         self.skip_negative = skip_negative
 
     def step_for(self, sigma: torch.Tensor) -> int:
-        value = float(sigma.reshape(-1)[0])
-        above = int((self.sigmas[:-1] >= value * (1 - 1e-6)).sum().item())
-        return max(0, min(above - 1, len(self.sigmas) - 2))
+        return step_index(self.sigmas, sigma)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         step = self.step_for(sigma)

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "s_min_uncond_all": False,
     "token_merging_ratio": 0.0,
     "token_merging_ratio_hr": 0.0,
+    "deepcache_interval": 0,
     "sd_checkpoint_hash": None,
 }
 
@@ -73,6 +74,17 @@ def _ratio(name: str) -> Callable[[Any], float]:
     return check
 
 
+def _interval(name: str) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise UserError(f"{name}: must be a whole number from 0 to 1000 (0 or 1: off)", field=name)
+        if not 0 <= value <= 1000:
+            raise UserError(f"{name}: must be from 0 to 1000 (0 or 1: off)", field=name)
+        return int(value)
+
+    return check
+
+
 def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in allowed:
@@ -105,6 +117,7 @@ class OptionsStore:
             "s_min_uncond_all": _boolean("s_min_uncond_all"),
             "token_merging_ratio": _ratio("token_merging_ratio"),
             "token_merging_ratio_hr": _ratio("token_merging_ratio_hr"),
+            "deepcache_interval": _interval("deepcache_interval"),
             "samples_format": _choice("samples_format", ("png",)),
             "emphasis": _choice("emphasis", ("Original", "No norm", "None")),
         }
@@ -161,6 +174,7 @@ OPTION_FIELDS = {
     "s_min_uncond_all": "s_min_uncond_all",
     "token_merging_ratio": "token_merging_ratio",
     "token_merging_ratio_hr": "token_merging_ratio_hr",
+    "deepcache_interval": "deepcache_interval",
     "sd_model_checkpoint": "model",
     "sd_vae": "vae",
 }

@@ -8,6 +8,7 @@ drives the sampler with progress, interruption and skip.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from sfumato.errors import InterruptedByUser, SkippedByUser
 from sfumato.models.loader import LoadedModel
 from sfumato.prompts.plan import ConditioningPlan
 from sfumato.request import GenerationRequest
+from sfumato.sampling.deepcache import DeepCache
 from sfumato.sampling.denoiser import (
     GuidedDenoiser,
     MaskBlend,
@@ -110,8 +112,11 @@ def sample_latents(
         else None,
         None if image is None else image.c_concat.to(device),
     )
+    unet_call = ModelDenoiser(model.unet, DiscreteSchedule(model.alphas_cumprod), model.prediction)
+    interval = request.deepcache_interval
+    deep_cache = DeepCache(unet_call, model.unet, interval, sigmas) if interval > 1 else None
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = GuidedDenoiser(
-        ModelDenoiser(model.unet, DiscreteSchedule(model.alphas_cumprod), model.prediction),
+        deep_cache or unet_call,
         sigmas,
         plan.at,
         request.cfg_scale,
@@ -137,7 +142,11 @@ def sample_latents(
     options = {} if request.eta is None else {"eta": request.eta}
     interrupted = False
     try:
-        with torch.no_grad(), token_merging(model.unet, merging_ratio(request, hires=hires)):
+        with (
+            torch.no_grad(),
+            token_merging(model.unet, merging_ratio(request, hires=hires)),
+            deep_cache or nullcontext(),
+        ):
             out = sampler(
                 denoiser,
                 x,
