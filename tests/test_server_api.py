@@ -502,3 +502,13 @@ def test_deepcache_interval_from_the_body_or_the_options(url):
         assert "DeepCache interval: 3" in info
     finally:
         post(url, "/sdapi/v1/options", {"deepcache_interval": 0})
+
+
+def test_taesd_final_decode_without_its_file_is_a_422_naming_the_option(url):
+    response = post(url, "/sdapi/v1/txt2img", {**TINY, "sd_vae_decode_method": "TAESD"})
+    assert response.status_code == 422 and response.json()["field"] == "sd_vae_decode_method"
+    assert "taesd_decoder.pth" in response.text
+    bad = post(url, "/sdapi/v1/options", {"sd_vae_decode_method": "Approx NN"})
+    assert bad.status_code == 422 and bad.json()["field"] == "sd_vae_decode_method"
+    overridden = {**TINY, "override_settings": {"sd_vae_decode_method": "TAESD"}}
+    assert post(url, "/sdapi/v1/txt2img", overridden).status_code == 422

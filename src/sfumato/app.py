@@ -122,6 +122,8 @@ class Txt2ImgJob:
         """Generate and save every image; `already_saved(index)` names images a crashed earlier run
         of this job saved, which are then not saved again (the rerun makes the same pixels)."""
         model = self.manager.load(self.request.model, self.request.vae, self.request.prediction)
+        if self.request.sd_vae_decode_method == "TAESD":
+            model.taesd = self.manager.taesd.get(model.family)  # a missing file fails before sampling
         folder = self.out_dir or images_folder(self.settings.outputs, self.task)
         saved: list[Path] = []
 

@@ -131,6 +131,11 @@ def _generation_args(p: argparse.ArgumentParser, task: str) -> None:
         help="the full UNet every N-th step, its outer layers only between: faster, approximate (0: off)",
     )
     p.add_argument(
+        "--vae-decode-method",
+        choices=["Full", "TAESD"],
+        help="TAESD: decode with models/VAE-taesd/taesd_decoder.pth, fast and approximate (default Full)",
+    )
+    p.add_argument(
         "--prediction", choices=["epsilon", "v_prediction"], help="override the model's prediction type"
     )
     p.add_argument("--from-png", type=Path, help="rebuild the request from a PNG's parameters")
@@ -168,6 +173,7 @@ TXT2IMG_FLAG_FIELDS = {
     "s_min_uncond_all": "s_min_uncond_all",
     "token_merging_ratio": "token_merging_ratio",
     "deepcache_interval": "deepcache_interval",
+    "vae_decode_method": "sd_vae_decode_method",
     "prediction": "prediction",
 }
 

@@ -65,6 +65,7 @@ def infotext_params(
         "NGMS": _number(r["s_min_uncond"]) if r.get("s_min_uncond") else None,
         "NGMS all steps": True if r.get("s_min_uncond") and r.get("s_min_uncond_all") else None,
         "DeepCache interval": r["deepcache_interval"] if r.get("deepcache_interval", 0) > 1 else None,
+        "VAE Decoder": r["sd_vae_decode_method"] if r.get("sd_vae_decode_method", "Full") != "Full" else None,
         **extra,
         "Version": f"sfumato {__version__}",
     }
@@ -139,6 +140,8 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> dict[str, Any]:
         fields["pad_conds"] = True
     if str(parsed.get("NGMS all steps", "")).lower() == "true":
         fields["s_min_uncond_all"] = True
+    if parsed.get("VAE Decoder") in ("Full", "TAESD"):
+        fields["sd_vae_decode_method"] = parsed["VAE Decoder"]
     if parsed.get("Emphasis") in ("Original", "No norm", "None"):
         fields["emphasis"] = parsed["Emphasis"]
     for field in ("seed_resize_from_w", "seed_resize_from_h"):

@@ -49,6 +49,8 @@ class GenerationRequest(BaseModel):
     token_merging_ratio: float = Field(0.0, ge=0.0, le=0.9)
     token_merging_ratio_hr: float = Field(0.0, ge=0.0, le=0.9)
     deepcache_interval: int = Field(0, ge=0, le=1000)  # DeepCache: the full UNet every N-th step; 0/1: off
+    # A1111's option: "TAESD" decodes with the tiny TAESD decoder, fast and approximate.
+    sd_vae_decode_method: Literal["Full", "TAESD"] = "Full"
     model: str | None = None  # checkpoint name, title, hash or path; None: the default model
     vae: str | None = None  # "Automatic" / None: the checkpoint's own or its x.vae.* file; "None": baked-in
     prediction: Literal["epsilon", "v_prediction"] | None = None  # override for SD2-style ambiguity

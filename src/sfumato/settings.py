@@ -32,6 +32,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "controlnet": ("models/ControlNet", "models/controlnet"),
     "upscalers": ("models/ESRGAN", "models/RealESRGAN", "models/upscale_models"),
     "inpaint": ("models/inpaint",),  # LaMa/MAT-style object removers (ComfyUI's folder name)
+    "taesd": ("models/VAE-taesd", "models/vae_approx"),  # TAESD decoders (sfumato.models.taesd)
 }
 
 

@@ -119,7 +119,17 @@ def load_pickled_object(path: Path) -> object:
             "anything on your machine. Convert it to .safetensors with a trusted tool, or get a "
             "safetensors version of the model"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    # IndexError, KeyError, struct.error: garbage bytes read as opcodes by the weights-only unpickler
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        IndexError,
+        KeyError,
+        struct.error,
+    ) as exc:
         raise ModelFileError(
             f"{path}: cannot read this file ({exc}); it may be truncated or corrupt"
         ) from exc

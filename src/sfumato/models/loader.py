@@ -61,6 +61,7 @@ class LoadedModel:
     native_size: tuple[int, int]  # (width, height) it was trained at: the default output size
     vae_path: Path | None = None
     networks: Any = None  # the adapters.patcher.NetworkPatcher the ModelManager attaches
+    taesd: Any = None  # the TAESD decoder (diffusers AutoencoderTiny), attached for jobs that decode with it
 
     @property
     def latent_channels(self) -> int:

@@ -21,6 +21,7 @@ from sfumato.models.detect import Prediction
 from sfumato.models.files import MODEL_SUFFIXES, PICKLE_SUFFIXES
 from sfumato.models.hashes import HashCache, old_a1111_hash
 from sfumato.models.loader import LoadedModel, load_checkpoint, load_vae_file
+from sfumato.models.taesd import TaesdDecoders
 from sfumato.runtime import release_memory
 from sfumato.settings import Settings
 
@@ -180,6 +181,7 @@ class ModelManager:
         self.device = device
         self.dtype = dtype
         self.hashes = HashCache(settings.hash_cache_file)
+        self.taesd = TaesdDecoders(settings.model_dirs("taesd"), device, dtype)
         self._loaded: LoadedModel | None = None
         self._loaded_key: tuple | None = None
 

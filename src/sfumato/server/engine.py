@@ -105,7 +105,7 @@ class Engine:
         self.manager = make_manager(settings)
         self.lock = threading.RLock()
         self.live = LiveProgress()
-        self.previewer = LatentPreviewer()
+        self.previewer = LatentPreviewer(self.manager.taesd)
 
     def run(self, job: Job, store: JobStore, control: JobControl) -> tuple[str, dict[str, Any]]:
         """Run a job to its end; returns (final state, A1111 info). UserErrors propagate."""

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "token_merging_ratio": 0.0,
     "token_merging_ratio_hr": 0.0,
     "deepcache_interval": 0,
+    "sd_vae_decode_method": "Full",
     "sd_checkpoint_hash": None,
 }
 
@@ -120,6 +121,7 @@ class OptionsStore:
             "deepcache_interval": _interval("deepcache_interval"),
             "samples_format": _choice("samples_format", ("png",)),
             "emphasis": _choice("emphasis", ("Original", "No norm", "None")),
+            "sd_vae_decode_method": _choice("sd_vae_decode_method", ("Full", "TAESD")),
         }
         self._values = dict(DEFAULTS)
         if path.is_file():
@@ -175,6 +177,7 @@ OPTION_FIELDS = {
     "token_merging_ratio": "token_merging_ratio",
     "token_merging_ratio_hr": "token_merging_ratio_hr",
     "deepcache_interval": "deepcache_interval",
+    "sd_vae_decode_method": "sd_vae_decode_method",
     "sd_model_checkpoint": "model",
     "sd_vae": "vae",
 }

@@ -1,9 +1,13 @@
-"""Step previews for the progress bar: the real decoder when it is small, else a cheap linear map.
+"""Step previews for the progress bar: the real decoder when it is small, else TAESD, else a cheap
+linear map.
 
 - A small VAE (under `FULL_DECODE_PARAMETERS`, like the embedded model's) decodes the current latents
   in milliseconds, and its latent space is far from linear (a fitted linear map was off by ~60 levels
   on held-out scenes), so it is used as is (A1111's "Full" preview).
-- A large VAE (SD's 84 M) gets "Approx cheap": a linear map from each latent pixel (plus a bias) to
+- A large VAE (SD's 84 M) with a TAESD decoder file for its family in the TAESD folders
+  (`sfumato.models.taesd`) gets A1111's "TAESD" preview: full size, for a few milliseconds of compute.
+  A missing or broken file is no error for a preview: it falls back to the next method.
+- Otherwise "Approx cheap": a linear map from each latent pixel (plus a bias) to
   the colour of the patch it covers. Instead of shipping per-family coefficient tables, the map is
   fitted once per VAE by least squares on a few encoded reference images (shapes-world renders and
   colour ramps), so it fits any VAE a user loads; after that a preview is a matrix product.
@@ -16,8 +20,10 @@ import torch
 from PIL import Image
 
 from sfumato.data.shapes import random_scene, render
+from sfumato.errors import UserError
 from sfumato.models.loader import LoadedModel
-from sfumato.tasks.common import decode_latents
+from sfumato.models.taesd import TaesdDecoders
+from sfumato.tasks.common import decode_latents, taesd_image
 
 REFERENCE_SCENES = 12
 FULL_DECODE_PARAMETERS = 5_000_000
@@ -57,9 +63,11 @@ def fit_latent_to_rgb(model: LoadedModel) -> torch.Tensor:
 
 
 class LatentPreviewer:
-    """Previews for the loaded model; the fitted map is kept per VAE object."""
+    """Previews for the loaded model, with TAESD decoders from `taesd` when given; the fitted map is
+    kept per VAE object."""
 
-    def __init__(self) -> None:
+    def __init__(self, taesd: TaesdDecoders | None = None) -> None:
+        self.taesd = taesd
         self._vae_id: int | None = None
         self._matrix: torch.Tensor | None = None
 
@@ -69,6 +77,12 @@ class LatentPreviewer:
         if sum(p.numel() for p in model.vae.decoder.parameters()) <= FULL_DECODE_PARAMETERS:
             with torch.no_grad():
                 return decode_latents(model, latents[:1].detach())[0]
+        try:
+            decoder = self.taesd.get(model.family) if self.taesd is not None else None
+        except UserError:
+            decoder = None
+        if decoder is not None:
+            return taesd_image(decoder, latents.detach())
         return self.approximate(model, latents)
 
     def approximate(self, model: LoadedModel, latents: torch.Tensor) -> Image.Image:

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import AutoencoderTiny
 from PIL import Image
 
-from sfumato.errors import InterruptedByUser, SkippedByUser
+from sfumato.errors import InterruptedByUser, SkippedByUser, UserError
 from sfumato.models.loader import LoadedModel
 
 MAX_SEED = 2**32 - 1
@@ -66,12 +67,28 @@ def vae_dtype(model: LoadedModel, *, force: bool = False) -> Iterator[torch.dtyp
 
 
 @torch.no_grad()
-def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+def decode_latents(model: LoadedModel, latents: torch.Tensor, method: str = "Full") -> list[Image.Image]:
     """VAE-decode latents to RGB images, one at a time: the decoder is the memory peak at large sizes.
 
     A half-precision VAE that overflows (NaN: SDXL's original VAE, A1111 #7633) decodes that image
-    again in fp32 (A1111's "revert VAE to 32-bit floats"), so the user never gets a black picture."""
+    again in fp32 (A1111's "revert VAE to 32-bit floats"), so the user never gets a black picture.
+    `method` is A1111's `sd_vae_decode_method`: "TAESD" decodes with the TAESD decoder attached to
+    the model (`sfumato.models.taesd`), far cheaper and approximate."""
+    if method == "TAESD":
+        if model.taesd is None:
+            raise UserError(
+                "sd_vae_decode_method: no TAESD decoder is loaded for this model",
+                field="sd_vae_decode_method",
+            )
+        return [taesd_image(model.taesd, one) for one in latents.split(1)]
     return [_decode_one(model, one) for one in latents.split(1)]
+
+
+@torch.no_grad()
+def taesd_image(decoder: AutoencoderTiny, latents: torch.Tensor) -> Image.Image:
+    """The first image of (scaled) latents, decoded by a TAESD decoder."""
+    parameter = next(decoder.parameters())
+    return _to_image(decoder.decode(latents[:1].to(parameter.device, parameter.dtype)).sample)
 
 
 def _decode_one(model: LoadedModel, latents: torch.Tensor) -> Image.Image:
@@ -83,6 +100,11 @@ def _decode_one(model: LoadedModel, latents: torch.Tensor) -> Image.Image:
             pixels = model.vae.decode(
                 latents.to(model.device, dtype) / model.vae.config.scaling_factor
             ).sample
+    return _to_image(pixels)
+
+
+def _to_image(pixels: torch.Tensor) -> Image.Image:
+    """The first of (B, 3, H, W) pixels in [-1, 1] as an RGB image."""
     pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return Image.fromarray(pixels[0].permute(1, 2, 0).cpu().numpy())
 

@@ -140,8 +140,10 @@ def upscale_latents(
     width: int,
     height: int,
     models: ImageModels | None = None,
+    decode_method: str = "Full",
 ) -> torch.Tensor:
-    """The first pass's latents at the hires size, by a latent mode or through pixels."""
+    """The first pass's latents at the hires size, by a latent mode or through pixels (decoded by
+    `decode_method`, A1111's `sd_vae_decode_method`, as A1111 does)."""
     factor = model.vae_scale_factor
     if upscaler in LATENT_UPSCALERS:
         mode, antialias = LATENT_UPSCALERS[upscaler]
@@ -150,7 +152,8 @@ def upscale_latents(
         )
     target = ResizeTarget(width=width, height=height, crop=False)
     images = [
-        upscale(image, target, upscaler_1=upscaler, models=models) for image in decode_latents(model, latents)
+        upscale(image, target, upscaler_1=upscaler, models=models)
+        for image in decode_latents(model, latents, decode_method)
     ]
     return encode_pixels(model, torch.cat([image_to_pixels(image) for image in images]))
 
@@ -168,7 +171,15 @@ def hires_pass(
 ) -> tuple[torch.Tensor, bool]:
     """The second pass over one batch's first-pass latents; returns (latents, interrupted)."""
     factor = model.vae_scale_factor
-    upscaled = upscale_latents(model, latents, request.hr_upscaler, plan.width, plan.height, plan.models)
+    upscaled = upscale_latents(
+        model,
+        latents,
+        request.hr_upscaler,
+        plan.width,
+        plan.height,
+        plan.models,
+        request.sd_vae_decode_method,
+    )
     shape = (model.latent_channels, plan.height // factor, plan.width // factor)
     if request.denoising_strength == 0:
         return _cropped(upscaled, plan.crop), False

@@ -91,7 +91,10 @@ def img2img(
             start=start,
             image=guidance,
         )
-        images = [prepared.paste.apply(image) for image in decode_latents(model, latents)]
+        images = [
+            prepared.paste.apply(image)
+            for image in decode_latents(model, latents, request.sd_vae_decode_method)
+        ]
         job.emit(control, images, first, seeds, subseeds, interrupted)
         if interrupted:
             break

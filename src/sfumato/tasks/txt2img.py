@@ -192,7 +192,8 @@ def generate(
             latents, interrupted = hires_pass(
                 model, request, hires, job.plan.encoder, latents, seeds, subseeds, control, first
             )
-        job.emit(control, decode_latents(model, latents), first, seeds, subseeds, interrupted)
+        images = decode_latents(model, latents, request.sd_vae_decode_method)
+        job.emit(control, images, first, seeds, subseeds, interrupted)
         if interrupted:
             break
     return job.result
