@@ -4,6 +4,8 @@
   ResNet convolutions, text-encoder attention and MLP) through the prompt-tag path
   (`NetworkPatcher.activate`), time to take it off again (exact restore), against reloading the
   checkpoint, which is what a tool without unpatching has to do. Peak RSS of that process.
+  The same file through diffusers (`load_lora_weights` + `fuse_lora`, then `unfuse_lora` +
+  `unload_lora_weights`) for the ratio.
 - **Merge**: `sfumato merge` (weighted sum, fp16 out) of two full-size single files, in its own process:
   wall time, peak RSS and peak private (anonymous) memory, against the size of one checkpoint in
   memory (fp16 and fp32).
@@ -27,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sd15_txt2img as base  # the cached full-size checkpoint and the child helpers
+from checkpoints import SD15, build
+from harness import OUT_DIR, THREADS, child_env, log, machine, peak_rss_gib, versions
 
 RANK = 32
 
 
 def lora_path() -> Path:
-    return base.OUT_DIR / f"{base.CHECKPOINT_VERSION}-lora-r{RANK}.safetensors"
+    return OUT_DIR / f"{SD15.version}-lora-r{RANK}.safetensors"
 
 
 def role_lora(repeats: int) -> dict[str, Any]:
@@ -45,10 +48,10 @@ def role_lora(repeats: int) -> dict[str, Any]:
     from sfumato.prompts.extra_networks import extract_extra_networks
     from sfumato.testing.tiny_networks import lora_pair, write_network
 
-    torch.set_num_threads(base.THREADS)
+    torch.set_num_threads(THREADS)
     cpu = torch.device("cpu")
     started = time.perf_counter()
-    model = load_checkpoint(base.checkpoint_path(), device=cpu, dtype=torch.float32)
+    model = load_checkpoint(SD15.path, device=cpu, dtype=torch.float32)
     first_load = time.perf_counter() - started
     layers = kohya_layers(model.unet, list(model.text_encoders), conv=True)
     if not lora_path().is_file():
@@ -72,7 +75,7 @@ def role_lora(repeats: int) -> dict[str, Any]:
         patcher.activate([])
         remove_s.append(time.perf_counter() - start)
         start = time.perf_counter()
-        load_checkpoint(base.checkpoint_path(), device=cpu, dtype=torch.float32)
+        load_checkpoint(SD15.path, device=cpu, dtype=torch.float32)
         reload_s.append(time.perf_counter() - start)
     assert torch.equal(model.unet.conv_in.weight, reference)
     return {
@@ -86,7 +89,43 @@ def role_lora(repeats: int) -> dict[str, Any]:
         "apply_runs_s": apply_s,
         "remove_runs_s": remove_s,
         "reload_runs_s": reload_s,
-        "peak_rss_gib": base._peak_rss_gib(),
+        "peak_rss_gib": peak_rss_gib(),
+    }
+
+
+def role_lora_diffusers(repeats: int) -> dict[str, Any]:
+    """The same file through diffusers (peft): `load_lora_weights` + `fuse_lora(0.8)` to apply,
+    `unfuse_lora` + `unload_lora_weights` to remove; fusing is what makes its inference cost what ours
+    is (unfused, every LoRA layer adds two matmuls per call)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(THREADS)
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(SD15.path), config=str(SD15.config_dir), torch_dtype=torch.float32, local_files_only=True
+    )
+    reference = {k: v.clone() for k, v in pipe.unet.state_dict().items() if k.endswith("conv1.weight")}
+    load_s, fuse_s, remove_s = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        pipe.load_lora_weights(str(lora_path()), adapter_name="bench")
+        load_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pipe.fuse_lora(lora_scale=0.8)
+        fuse_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pipe.unfuse_lora()
+        pipe.unload_lora_weights()
+        remove_s.append(time.perf_counter() - start)
+    state = pipe.unet.state_dict()
+    drift = max(float((state[k] - v).abs().max()) for k, v in reference.items())
+    return {
+        "apply_s": statistics.median(a + b for a, b in zip(load_s, fuse_s, strict=True)),
+        "load_lora_weights_s": statistics.median(load_s),
+        "fuse_s": statistics.median(fuse_s),
+        "remove_s": statistics.median(remove_s),
+        "restore_max_abs_error": drift,  # unfusing subtracts again: not bit-exact
+        "peak_rss_gib": peak_rss_gib(),
     }
 
 
@@ -95,12 +134,12 @@ def role_merge() -> dict[str, Any]:
 
     from sfumato.tools.merge import MergeRecipe, merge_checkpoints
 
-    torch.set_num_threads(base.THREADS)
-    first = base.checkpoint_path()
+    torch.set_num_threads(THREADS)
+    first = SD15.path
     second = first.with_name(first.stem + "-copy.safetensors")
     if not second.is_file():
         shutil.copyfile(first, second)
-    out = base.OUT_DIR / "merge-bench.safetensors"
+    out = OUT_DIR / "merge-bench.safetensors"
     sampler = AnonSampler()
     sampler.start()
     start = time.perf_counter()
@@ -111,7 +150,7 @@ def role_merge() -> dict[str, Any]:
     out.unlink()
     return {
         "merge_s": seconds,
-        "peak_rss_gib": base._peak_rss_gib(),
+        "peak_rss_gib": peak_rss_gib(),
         "peak_private_gib": sampler.peak / 2**30,  # anonymous memory: what the merge itself holds
         "checkpoint_gib_fp16": size / 2**30,
         "one_model_fp32_gib": size * 2 / 2**30,
@@ -140,8 +179,8 @@ class AnonSampler(threading.Thread):
 
 def run(role: str, repeats: int) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--repeats", str(repeats)]
-    base.log(f"running {role}")
-    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=base._child_env(), check=False)
+    log(f"running {role}")
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=child_env(), check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{role} child failed with exit code {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -149,30 +188,41 @@ def run(role: str, repeats: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--role", choices=["parent", "build", "lora", "merge"], default="parent")
+    parser.add_argument(
+        "--role", choices=["parent", "build", "lora", "lora-diffusers", "merge"], default="parent"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.role == "build":
-        print(json.dumps(base.role_build()))
+        print(json.dumps(build(SD15)))
         return
     if args.role == "lora":
         print(json.dumps(role_lora(args.repeats)))
         return
+    if args.role == "lora-diffusers":
+        print(json.dumps(role_lora_diffusers(args.repeats)))
+        return
     if args.role == "merge":
         print(json.dumps(role_merge()))
         return
-    base.OUT_DIR.mkdir(parents=True, exist_ok=True)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
     report = {
-        "machine": base._machine(),
-        "versions": base._versions(),
+        "machine": machine(),
+        "versions": versions(),
         "build": run("build", args.repeats),
         "lora": run("lora", args.repeats),
+        "lora_diffusers": run("lora-diffusers", args.repeats),
         "merge": run("merge", args.repeats),
     }
     lora = report["lora"]
     report["lora"]["apply_vs_reload"] = lora["apply_s"] / lora["reload_checkpoint_s"]
     report["lora"]["remove_vs_reload"] = lora["remove_s"] / lora["reload_checkpoint_s"]
+    theirs = report["lora_diffusers"]
+    report["ratio_ours_over_diffusers"] = {
+        "apply_s": lora["apply_s"] / theirs["apply_s"],
+        "remove_s": lora["remove_s"] / theirs["remove_s"],
+    }
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.write_text(text)

@@ -1,0 +1,244 @@
+"""The benchmark suite: every performance figure of sfumato against diffusers, from one command.
+
+    python benchmarks/suite.py                 # full settings (about an hour on 2 cores)
+    python benchmarks/suite.py --quick         # short settings, same parts (about 10 minutes)
+    python benchmarks/suite.py --only txt2img,approximations --repeats 3
+
+Parts (see benchmarks/README.md for every field):
+- `peak`: the machine's fp32/bf16 GEMM peak and the FLOPs of each UNet call and VAE decode;
+- `txt2img`, `img2img`, `hires`, `sdxl`: ours against diffusers' pipeline on the same single file, in
+  alternating child processes (ABBA), medians and ratios, UNet throughput as a share of the fp32 peak;
+- `approximations`: each opt-in approximation alone and all together against the exact path, in one
+  warm process (seconds, UNet calls, PSNR against the exact image);
+- `lora`: apply/remove a rank-32 LoRA on 308 layers, ours against diffusers (peft), and a merge;
+- `server`: `sfumato serve` from spawn to first image.
+
+The report (machine, versions, settings, every run) goes to benchmarks/results/suite-{full,quick}.json
+unless --out says otherwise; that folder is committed, so the git history holds the before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from checkpoints import MODELS
+from generation import SCENARIO_MODELS
+from harness import HERE, abba, log, machine, median_of, ratios, run_child, versions, warm_page_cache
+
+SCENARIOS = ("txt2img", "img2img", "hires", "sdxl")
+PARTS = ("peak", *SCENARIOS, "approximations", "lora", "server")
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "full": {
+        "txt2img": {"steps": 20, "size": 512},
+        "img2img": {"steps": 20, "size": 512},
+        "hires": {"steps": 20, "size": 512, "hires_steps": 10},
+        "sdxl": {"steps": 2, "size": 1024},
+        "approximations": {"steps": 20, "size": 512},
+        "server": {"steps": 1, "size": 512},
+        "lora_repeats": 3,
+    },
+    "quick": {
+        "txt2img": {"steps": 4, "size": 256},
+        "img2img": {"steps": 4, "size": 256},
+        "hires": {"steps": 4, "size": 256, "hires_steps": 2},
+        "sdxl": {"steps": 1, "size": 512},
+        "approximations": {"steps": 4, "size": 256},
+        "server": {"steps": 1, "size": 256},
+        "lora_repeats": 1,
+    },
+}
+
+# Each opt-in approximation as request fields (alone), then all of them together.
+APPROXIMATIONS: dict[str, dict[str, Any]] = {
+    "ngms": {"s_min_uncond": 3.0},  # A1111's "Negative Guidance minimum sigma", odd steps below sigma 3
+    "ngms_all_steps": {"s_min_uncond": 3.0, "s_min_uncond_all": True},
+    "tome": {"token_merging_ratio": 0.5},  # A1111's token merging through tomesd
+    "deepcache": {"deepcache_interval": 3},  # the full UNet every 3rd step, the shallow branch between
+    "taesd_decode": {"sd_vae_decode_method": "TAESD"},  # final decode with a TAESD-architecture decoder
+}
+
+SIDE_KEYS = (
+    "load_s",
+    "image_s",
+    "unet_step_s",
+    "unet_step_min_s",
+    "text_encoder_s",
+    "vae_encode_s",
+    "vae_decode_s",
+    "peak_rss_gib",
+    "other_load_cores",
+)
+
+
+def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    side: dict[str, Any] = dict(median_of(runs, SIDE_KEYS))
+    side["unet_calls"] = runs[0]["unet_calls"]
+    side["finite"] = all(r["finite"] for r in runs)
+    side["attention_processor"] = runs[0]["attention_processor"]
+    side["runs"] = [
+        {k: v for k, v in r.items() if k not in ("attention_processor", "scheduler_config")} for r in runs
+    ]
+    return side
+
+
+def _throughput(
+    side: dict[str, Any], flops: dict[str, float] | None, peak_gflops: float | None
+) -> dict[str, Any]:
+    """Achieved GFLOP/s of the fastest UNet call and of the VAE decode, and their shares of the peak."""
+    if not flops or not peak_gflops:
+        return {}
+    unet = flops["unet_call_tflop"] * 1e3 / side["unet_step_min_s"]
+    out = {"unet_gflops": round(unet, 1), "unet_share_of_fp32_peak": round(unet / peak_gflops, 3)}
+    if side.get("vae_decode_s"):
+        vae = flops["vae_decode_tflop"] * 1e3 / side["vae_decode_s"]
+        out |= {
+            "vae_decode_gflops": round(vae, 1),
+            "vae_decode_share_of_fp32_peak": round(vae / peak_gflops, 3),
+        }
+    return out
+
+
+def scenario(
+    name: str, settings: dict[str, Any], repeats: int, peak: dict[str, Any] | None
+) -> dict[str, Any]:
+    model = MODELS[SCENARIO_MODELS[name]]
+    if not model.ready():
+        run_child(HERE / "checkpoints.py", [SCENARIO_MODELS[name]], f"build {model.version}")
+    warm_s = warm_page_cache(model.path)
+    arguments = [name, str(settings["steps"]), str(settings["size"]), str(settings.get("hires_steps", 0))]
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "diffusers": []}
+    order = abba(repeats)
+    for side in order:
+        runs[side].append(run_child(HERE / "generation.py", [side, *arguments], f"{name} {side}"))
+    ours, theirs = _side(runs["ours"]), _side(runs["diffusers"])
+    flops = None
+    if peak:
+        flops = peak["flops"].get(f"{SCENARIO_MODELS[name]}@{settings['size']}")
+    fp32_peak = peak["gemm_gflops"]["float32"] if peak else None
+    ours |= _throughput(ours, flops, fp32_peak)
+    theirs |= _throughput(theirs, flops, fp32_peak)
+    return {
+        "settings": {
+            **settings,
+            "checkpoint": model.path.name,
+            "order": order,
+            "page_cache_warm_s": round(warm_s, 1),
+        },
+        "diffusers_scheduler": runs["diffusers"][0]["scheduler_config"],
+        "ours": ours,
+        "diffusers": theirs,
+        "same_unet_calls": ours["unet_calls"] == theirs["unet_calls"],
+        "ratio_ours_over_diffusers": ratios(
+            ours,
+            theirs,
+            ("load_s", "image_s", "unet_step_s", "unet_step_min_s", "vae_decode_s", "peak_rss_gib"),
+        ),
+    }
+
+
+def approximations(settings: dict[str, Any], diffusers_image_s: float | None) -> dict[str, Any]:
+    combined = {k: v for fields in APPROXIMATIONS.values() for k, v in fields.items()}
+    chosen = {**APPROXIMATIONS, "all_together": combined}
+    arguments = [
+        "approximations",
+        "txt2img",
+        str(settings["steps"]),
+        str(settings["size"]),
+        "0",
+        json.dumps(chosen),
+    ]
+    result = run_child(HERE / "generation.py", arguments, "approximations")
+    exact = statistics.mean(result["exact_image_s"])
+    for entry in result["approximations"].values():
+        entry["speedup_vs_exact"] = round(exact / entry["image_s"], 3)
+        if diffusers_image_s:
+            entry["ratio_vs_diffusers_txt2img"] = round(entry["image_s"] / diffusers_image_s, 3)
+    result["settings"] = settings
+    return result
+
+
+def lora(repeats: int) -> dict[str, Any]:
+    script = HERE / "lora_and_merge.py"
+    ours = run_child(script, ["--role", "lora", "--repeats", str(repeats)], "lora ours")
+    theirs = run_child(script, ["--role", "lora-diffusers", "--repeats", str(repeats)], "lora diffusers")
+    merge = run_child(script, ["--role", "merge"], "merge")
+    return {
+        "ours": ours,
+        "diffusers": theirs,
+        "ratio_ours_over_diffusers": ratios(ours, theirs, ("apply_s", "remove_s", "peak_rss_gib")),
+        "merge": merge,
+    }
+
+
+def headline(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for name in SCENARIOS:
+        if name in report:
+            r = report[name]["ratio_ours_over_diffusers"]
+            lines.append(
+                f"{name:8s} image {report[name]['ours']['image_s']:8.2f} s vs {report[name]['diffusers']['image_s']:8.2f} s"
+                f"  ratio {r['image_s']}  load ratio {r['load_s']}  RSS ratio {r['peak_rss_gib']}"
+                f"  UNet share of fp32 peak {report[name]['ours'].get('unet_share_of_fp32_peak')}"
+            )
+    for name, entry in report.get("approximations", {}).get("approximations", {}).items():
+        lines.append(f"approx {name:18s} ×{entry['speedup_vs_exact']} PSNR {entry['psnr_db']} dB")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short settings (small sizes, few steps)")
+    parser.add_argument("--only", help=f"comma-separated parts (default all): {', '.join(PARTS)}")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs per side (ABBA); medians")
+    parser.add_argument("--out", type=Path, help="report path (default benchmarks/results/suite-MODE.json)")
+    args = parser.parse_args()
+    parts = args.only.split(",") if args.only else list(PARTS)
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+    mode = "quick" if args.quick else "full"
+    settings = SETTINGS[mode]
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "mode": mode,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "versions": versions(),
+    }
+    report["parts"] = parts
+    peak = None
+    if "peak" in parts or any(p in parts for p in SCENARIOS):
+        sizes: dict[str, list[int]] = {}
+        for name in SCENARIOS:
+            sizes.setdefault(SCENARIO_MODELS[name], []).append(settings[name]["size"])
+        peak = run_child(HERE / "machine_peak.py", [json.dumps(sizes)], "peak")
+        report["peak"] = peak
+    for name in SCENARIOS:
+        if name in parts:
+            report[name] = scenario(name, settings[name], args.repeats, peak)
+    if "approximations" in parts:
+        diffusers_s = report.get("txt2img", {}).get("diffusers", {}).get("image_s")
+        report["approximations"] = approximations(settings["approximations"], diffusers_s)
+    if "lora" in parts:
+        report["lora"] = lora(settings["lora_repeats"])
+    if "server" in parts:
+        server = settings["server"]
+        report["server"] = run_child(
+            HERE / "server_ttfi.py", [str(server["steps"]), str(server["size"])], "server"
+        )
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    out = args.out or HERE / "results" / f"suite-{mode}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for line in headline(report):
+        log(line)
+    log(f"report written to {out}")
+
+
+if __name__ == "__main__":
+    main()
