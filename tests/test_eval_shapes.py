@@ -50,3 +50,18 @@ def test_eval_cli_scores_a_checkpoint(data_dir, capsys):
     assert report["images"] == 3 and report["model"] == "tiny-sd1"
     for key in ("colour", "shape", "position", "count", "two_object_both_right"):
         assert 0.0 <= report[key] <= 1.0
+
+
+def test_eval_cli_applies_request_fields_to_every_image(data_dir, capsys):
+    import json
+
+    from sfumato.cli import main
+
+    base = ["eval", "shapes", "--data-dir", str(data_dir), "--count", "1", "--steps", "2"]
+    assert main([*base, "--set", "s_min_uncond=3", "--set", "s_min_uncond_all=true"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fields"] == {"s_min_uncond": 3, "s_min_uncond_all": True}
+    assert main([*base, "--set", "no_such_field=1"]) == 2
+    assert "no_such_field" in capsys.readouterr().err
+    assert main([*base, "--set", "s_min_uncond=fast"]) == 2
+    assert "s_min_uncond" in capsys.readouterr().err

@@ -236,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--steps", type=int, default=20)
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--device")
+    shapes.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a request field for every image, e.g. s_min_uncond=3 (JSON values); repeatable",
+    )
     _add_common(shapes)
     shapes.set_defaults(handler=cmd_eval_shapes)
     _serve_parser(sub)
@@ -357,6 +364,20 @@ def cmd_loras_list(args: argparse.Namespace) -> int:
     return _print_rows(rows, columns, as_json=args.json, kind="LoRAs")
 
 
+def _request_fields(assignments: list[str]) -> dict[str, object]:
+    """`FIELD=VALUE` pairs; a value is JSON when it parses as JSON (3, true, "x"), else the text."""
+    fields: dict[str, object] = {}
+    for assignment in assignments:
+        name, sep, text = assignment.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--set wants FIELD=VALUE, not {assignment!r}", field="set")
+        try:
+            fields[name.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            fields[name.strip()] = text
+    return fields
+
+
 def cmd_eval_shapes(args: argparse.Namespace) -> int:
     from sfumato.eval.run import evaluate_checkpoint
 
@@ -368,6 +389,7 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
         count=args.count,
         seed=args.seed,
         steps=args.steps,
+        fields=_request_fields(args.set),
     )
     print(json.dumps(report, indent=2))
     return 0

@@ -10,9 +10,10 @@ from tqdm import tqdm
 
 from sfumato.data.shapes import eval_prompts
 from sfumato.devices import pick_device, pick_dtype
+from sfumato.errors import UserError
 from sfumato.eval.shapes import check_image, summarise
 from sfumato.models.registry import ModelManager
-from sfumato.request import build_request
+from sfumato.request import GenerationRequest, build_request
 from sfumato.settings import Settings
 from sfumato.tasks.txt2img import generate
 
@@ -26,9 +27,15 @@ def evaluate_checkpoint(
     steps: int = 20,
     sampler: str = "DPM++ 2M",
     cfg_scale: float = 7.0,
+    fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate `count` one-object and `count // 2` two-object held-out prompts at the model's native
-    size and score them with the independent checker."""
+    size and score them with the independent checker. `fields` are extra request fields for every
+    image (an approximation's, say), validated before the first image and named in the report."""
+    fields = dict(fields or {})
+    known = set(GenerationRequest.model_fields) - {"prompt", "seed", "steps", "sampler_name", "cfg_scale"}
+    if unknown := sorted(set(fields) - known):
+        raise UserError(f"unknown request field {unknown[0]!r} for eval", field="set")
     device = pick_device(settings.device)
     manager = ModelManager(settings, device=device, dtype=pick_dtype(device, settings.dtype))
     loaded = manager.load(model)
@@ -37,7 +44,7 @@ def evaluate_checkpoint(
     verdicts, seconds = [], []
     for index, (text, scene) in enumerate(tqdm(prompts, desc="eval shapes", unit="image", leave=False)):
         request = build_request(
-            prompt=text, seed=seed + index, steps=steps, sampler_name=sampler, cfg_scale=cfg_scale
+            prompt=text, seed=seed + index, steps=steps, sampler_name=sampler, cfg_scale=cfg_scale, **fields
         )
         start = time.perf_counter()
         image: Image.Image = generate(loaded, request).images[0].image
@@ -50,6 +57,7 @@ def evaluate_checkpoint(
         steps=steps,
         sampler=sampler,
         cfg_scale=cfg_scale,
+        fields=fields,
         seconds_per_image_median=round(sorted(seconds)[len(seconds) // 2], 3),
     )
     return report
