@@ -6,7 +6,7 @@
 
 Parts (see benchmarks/README.md for every field):
 - `peak`: the machine's fp32/bf16 GEMM peak and the FLOPs of each UNet call and VAE decode;
-- `kernels`: one UNet call and one VAE decode in NCHW / channels_last × fp32 / bf16, with errors;
+- `compute_modes`: one UNet call and one VAE decode in NCHW / channels_last × fp32 / bf16, with errors;
 - `txt2img`, `img2img`, `hires`, `sdxl`: ours against diffusers' pipeline on the same single file, in
   alternating child processes (ABBA), medians and ratios, UNet throughput as a share of the fp32 peak;
 - `approximations`: each opt-in approximation alone and all together against the exact path, in one
@@ -32,7 +32,7 @@ from generation import SCENARIO_MODELS
 from harness import HERE, abba, log, machine, median_of, ratios, run_child, versions, warm_page_cache
 
 SCENARIOS = ("txt2img", "img2img", "hires", "sdxl")
-PARTS = ("peak", "kernels", *SCENARIOS, "approximations", "lora", "server")
+PARTS = ("peak", "compute_modes", *SCENARIOS, "approximations", "lora", "server")
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
@@ -43,7 +43,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "approximations": {"steps": 20, "size": 512},
         "server": {"steps": 1, "size": 512},
         "lora_repeats": 3,
-        "kernels": {"size": 512, "repeats": 3},
+        "compute_modes": {"size": 512, "repeats": 3},
     },
     "quick": {
         "txt2img": {"steps": 4, "size": 256},
@@ -53,7 +53,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "approximations": {"steps": 4, "size": 256},
         "server": {"steps": 1, "size": 256},
         "lora_repeats": 1,
-        "kernels": {"size": 256, "repeats": 2},
+        "compute_modes": {"size": 256, "repeats": 2},
     },
 }
 
@@ -221,10 +221,10 @@ def main() -> None:
             sizes.setdefault(SCENARIO_MODELS[name], []).append(settings[name]["size"])
         peak = run_child(HERE / "machine_peak.py", [json.dumps(sizes)], "peak")
         report["peak"] = peak
-    if "kernels" in parts:
-        kernels = settings["kernels"]
-        report["kernels"] = run_child(
-            HERE / "kernels.py", [str(kernels["size"]), str(kernels["repeats"])], "kernels"
+    if "compute_modes" in parts:
+        modes = settings["compute_modes"]
+        report["compute_modes"] = run_child(
+            HERE / "compute_modes.py", [str(modes["size"]), str(modes["repeats"])], "compute_modes"
         )
     for name in SCENARIOS:
         if name in parts:
