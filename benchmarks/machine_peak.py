@@ -38,12 +38,28 @@ def gemm_gflops(dtype_name: str) -> float:
     return 2 * GEMM_SIZE**3 / best / 1e9
 
 
+def count_cpu_attention() -> None:
+    """Teach torch's FLOP counter the CPU flash-attention op (2·2·B·H·Lq·Lk·D, as for the CUDA ones):
+    torch 2.13 registers formulas only for the CUDA attention kernels, so CPU attention counted 0."""
+    import torch
+    from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_flop_count
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if op in flop_registry or op.default in flop_registry:
+        return
+
+    @register_flop_formula(op)
+    def _flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def call_flops(model: RandomModel, size: int) -> dict[str, float]:
     """FLOPs of one UNet call with CFG (batch 2) and of one VAE decode (batch 1) at size²."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
+    count_cpu_attention()
     latent = size // 8
     with torch.device("meta"):
         unet = UNet2DConditionModel(**model.unet_config)

@@ -6,6 +6,7 @@
 
 Parts (see benchmarks/README.md for every field):
 - `peak`: the machine's fp32/bf16 GEMM peak and the FLOPs of each UNet call and VAE decode;
+- `profile`: where a UNet call's time goes, by op group, with each group's achieved GFLOP/s;
 - `compute_modes`: one UNet call and one VAE decode in NCHW / channels_last × fp32 / bf16, with errors;
 - `txt2img`, `img2img`, `hires`, `sdxl`: ours against diffusers' pipeline on the same single file, in
   alternating child processes (ABBA), medians and ratios, UNet throughput as a share of the fp32 peak;
@@ -32,7 +33,7 @@ from generation import SCENARIO_MODELS
 from harness import HERE, abba, log, machine, median_of, ratios, run_child, versions, warm_page_cache
 
 SCENARIOS = ("txt2img", "img2img", "hires", "sdxl")
-PARTS = ("peak", "compute_modes", *SCENARIOS, "approximations", "lora", "server")
+PARTS = ("peak", "compute_modes", "profile", *SCENARIOS, "approximations", "lora", "server")
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
@@ -226,6 +227,12 @@ def main() -> None:
         report["compute_modes"] = run_child(
             HERE / "compute_modes.py", [str(modes["size"]), str(modes["repeats"])], "compute_modes"
         )
+    if "profile" in parts:
+        size, calls = str(settings["txt2img"]["size"]), "2" if mode == "full" else "1"
+        report["profile"] = {
+            layout: run_child(HERE / "unet_profile.py", [size, calls, flag], f"profile {layout}")
+            for layout, flag in (("nchw", "0"), ("channels_last", "1"))
+        }
     for name in SCENARIOS:
         if name in parts:
             report[name] = scenario(name, settings[name], args.repeats, peak)
