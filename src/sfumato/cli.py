@@ -31,6 +31,21 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", type=Path, help="settings JSON file (default: <data-dir>/sfumato.json)")
 
 
+def _add_low_memory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--low-memory",
+        action="store_const",
+        const=True,
+        help="keep weights in the checkpoint's half precision, upcast per layer: about half the RAM, "
+        "same pixels, a little slower",
+    )
+
+
+def _compute(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a generation command's flags decide: device, dtype, low-memory mode."""
+    return {"device": args.device, "dtype": args.dtype, "low_memory": args.low_memory}
+
+
 def _list_command(
     sub: argparse._SubParsersAction, name: str, help_: str, list_help: str, handler: Callable
 ) -> None:
@@ -146,6 +161,7 @@ def _generation_args(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument(
         "--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (default: fp16 on GPU, fp32 on CPU)"
     )
+    _add_low_memory(p)
     _add_common(p)
 
 
@@ -265,6 +281,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--device")
     serve.add_argument("--dtype")
+    _add_low_memory(serve)
     _add_common(serve)
     serve.set_defaults(handler=cmd_serve)
 
@@ -410,7 +427,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ui_auth=parse_credentials(args.ui_auth, "--ui-auth"),
         cors_allow_origins=tuple(o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()),
     )
-    app = create_app(_settings(args, device=args.device, dtype=args.dtype), options)
+    app = create_app(_settings(args, **_compute(args)), options)
     print(f"sfumato: serving on http://{options.host}:{options.port} (API docs at /docs)", file=sys.stderr)
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
     return 0
@@ -456,21 +473,21 @@ def cmd_txt2img(args: argparse.Namespace) -> int:
     fields.update({k: v for k, v in hires.items() if v is not None})
     if args.from_png is None and "prompt" not in fields:
         raise UserError("a prompt is needed (or --from-png FILE)", field="prompt")
-    settings = _settings(args, device=args.device, dtype=args.dtype)
+    settings = _settings(args, **_compute(args))
     return _run_job(Txt2ImgJob(settings, fields, from_png=args.from_png, out_dir=args.out))
 
 
 def cmd_img2img(args: argparse.Namespace) -> int:
     from sfumato.cli_images import cmd_img2img as run_img2img
 
-    args.settings_obj = _settings(args, device=args.device, dtype=args.dtype)
+    args.settings_obj = _settings(args, **_compute(args))
     return run_img2img(args, _generation_fields(args), _run_job)
 
 
 def cmd_gif2gif(args: argparse.Namespace) -> int:
     from sfumato.cli_images import cmd_gif2gif as run_gif2gif
 
-    args.settings_obj = _settings(args, device=args.device, dtype=args.dtype)
+    args.settings_obj = _settings(args, **_compute(args))
     return run_gif2gif(args, _generation_fields(args), _run_job)
 
 

@@ -24,6 +24,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
+from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sfumato.errors import ModelFileError
@@ -38,6 +39,7 @@ from sfumato.models.detect import (
     native_resolution,
 )
 from sfumato.models.files import open_state_dict
+from sfumato.models.stored_weights import compute_dtype, keep_weights_stored
 
 TOKENIZER_PACKAGE = "sfumato.models.data"
 
@@ -96,10 +98,14 @@ def sd_alphas_cumprod(
     return torch.cumprod(1.0 - betas, dim=0).float()
 
 
-def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str) -> None:
-    """Load converted tensors into a meta-initialised module, casting as we go (one copy in RAM)."""
-    for key in list(state):
-        state[key] = state[key].to(dtype)
+def _assign(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype | None, what: str
+) -> None:
+    """Load converted tensors into a meta-initialised module, casting as we go (one copy in RAM).
+    `dtype` None keeps each tensor as the file has it (memory-mapped, no copy: low-memory mode)."""
+    if dtype is not None:
+        for key in list(state):
+            state[key] = state[key].to(dtype)
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
@@ -111,7 +117,7 @@ def _build(cls: type, config: Any) -> torch.nn.Module:
         return cls(config) if not isinstance(config, dict) else cls(**config)
 
 
-def _load_unet(sd: Mapping[str, torch.Tensor], info: CheckpointInfo, dtype: torch.dtype, name: str):
+def _load_unet(sd: Mapping[str, torch.Tensor], info: CheckpointInfo, dtype: torch.dtype | None, name: str):
     unet = _build(UNet2DConditionModel, info.unet_config)
     state = convert_ldm_unet_checkpoint(sd, dict(unet.config))
     _assign(unet, state, dtype, f"{name} (UNet)")
@@ -119,7 +125,7 @@ def _load_unet(sd: Mapping[str, torch.Tensor], info: CheckpointInfo, dtype: torc
 
 
 def load_vae_weights(
-    sd: Mapping[str, torch.Tensor], config: dict, prefix: str, dtype: torch.dtype, name: str
+    sd: Mapping[str, torch.Tensor], config: dict, prefix: str, dtype: torch.dtype | None, name: str
 ) -> AutoencoderKL:
     """An AutoencoderKL from LDM-layout (`encoder.down.*`) or diffusers-layout (`encoder.down_blocks.*`) keys."""
     vae = _build(AutoencoderKL, config)
@@ -152,7 +158,9 @@ def _fit_text_model_keys(model: torch.nn.Module, state: dict[str, torch.Tensor])
     return out
 
 
-def _load_text_encoder(sd: Mapping[str, torch.Tensor], spec: TextEncoderSpec, dtype: torch.dtype, name: str):
+def _load_text_encoder(
+    sd: Mapping[str, torch.Tensor], spec: TextEncoderSpec, dtype: torch.dtype | None, name: str
+):
     cls = _text_encoder_class(spec)
     model = _build(cls, CLIPTextConfig(**spec.config))
     if spec.kind == "clip_l":
@@ -186,10 +194,10 @@ def _is_resblock_at_or_after(key: str, prefix: str, index: int) -> bool:
 def guess_sd2_prediction(unet: UNet2DConditionModel) -> Prediction:
     """SD2 768-v and 512-eps share one architecture. As A1111 does, run the UNet once on a flat grey
     input at the noisiest timestep: a v-model's output then sits far below its input, an eps-model's not."""
-    param = next(unet.parameters())
-    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=param.device, dtype=param.dtype)
-    context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=param.device, dtype=param.dtype)
-    out = unet(x, torch.tensor([999], device=param.device), encoder_hidden_states=context).sample
+    device, dtype = next(unet.parameters()).device, compute_dtype(unet)
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=device, dtype=dtype)
+    context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=device, dtype=dtype)
+    out = unet(x, torch.tensor([999], device=device), encoder_hidden_states=context).sample
     return "v_prediction" if (out - x[:, :4]).float().mean().item() < -1 else "epsilon"
 
 
@@ -199,17 +207,23 @@ def load_single_file(
     device: torch.device,
     dtype: torch.dtype,
     prediction: Prediction | None = None,
+    low_memory: bool = False,
 ) -> LoadedModel:
-    """Load an A1111/CompVis single-file checkpoint (.safetensors, or a weights-only .ckpt)."""
+    """Load an A1111/CompVis single-file checkpoint (.safetensors, or a weights-only .ckpt).
+    `low_memory`: weights stay as the file stores them (`sfumato.models.stored_weights`)."""
     sd = open_state_dict(path)
     info = detect_checkpoint(sd, name=str(path))
     if info.vae_config is None:
         raise ModelFileError(f"{path}: has no VAE baked in; put one in models/VAE and choose it with --vae")
-    unet = _load_unet(sd, info, dtype, str(path))
-    vae = load_vae_weights(sd, info.vae_config, "first_stage_model.", dtype, str(path))
-    encoders = [_load_text_encoder(sd, spec, dtype, str(path)) for spec in info.text_encoders]
+    load_dtype = None if low_memory else dtype
+    unet = _load_unet(sd, info, load_dtype, str(path))
+    vae = load_vae_weights(sd, info.vae_config, "first_stage_model.", load_dtype, str(path))
+    encoders = [_load_text_encoder(sd, spec, load_dtype, str(path)) for spec in info.text_encoders]
     tokenizers = [clip_tokenizer(spec.kind == "open_clip") for spec in info.text_encoders]
     del sd
+    if low_memory:
+        for module in (unet, vae, *encoders):
+            keep_weights_stored(module, dtype)
     unet.to(device)
     pred = prediction or info.prediction or guess_sd2_prediction(unet)
     return LoadedModel(
@@ -239,29 +253,49 @@ def _family_of_diffusers(unet_config: Mapping[str, Any], has_second_encoder: boo
     )
 
 
+def _stored_half_dtype(folder: Path) -> torch.dtype | None:
+    """fp16/bf16 when a diffusers component's safetensors weights are stored so (low-memory mode keeps
+    them), else None."""
+    halves = {"F16": torch.float16, "BF16": torch.bfloat16}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            names: list[str] = weights.keys()
+            for key in names:
+                kind = str(weights.get_slice(key).get_dtype())
+                if kind.startswith(("F", "BF")):
+                    return halves.get(kind)
+    return None
+
+
 def load_diffusers_folder(
     path: Path,
     *,
     device: torch.device,
     dtype: torch.dtype,
     prediction: Prediction | None = None,
+    low_memory: bool = False,
 ) -> LoadedModel:
     """Load a diffusers folder (`model_index.json`) with its own configs, strictly offline."""
     try:
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{path}: unreadable model_index.json ({exc})") from exc
-    kw = {"local_files_only": True, "torch_dtype": dtype}
+
+    def kw(subfolder: str) -> dict[str, Any]:
+        stored = _stored_half_dtype(path / subfolder) if low_memory else None
+        return {"subfolder": subfolder, "local_files_only": True, "torch_dtype": stored or dtype}
+
     try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
-        encoders: list[Any] = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)]
+        unet = UNet2DConditionModel.from_pretrained(path, **kw("unet"))
+        vae = AutoencoderKL.from_pretrained(path, **kw("vae"))
+        encoders: list[Any] = [CLIPTextModel.from_pretrained(path, **kw("text_encoder"))]
         if "text_encoder_2" in index:
-            encoders.append(
-                CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw)
-            )
+            encoders.append(CLIPTextModelWithProjection.from_pretrained(path, **kw("text_encoder_2")))
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: not a loadable diffusers Stable Diffusion folder ({exc})") from exc
+    if low_memory:
+        for module in (unet, vae, *encoders):
+            keep_weights_stored(module, dtype)
     family = _family_of_diffusers(unet.config, len(encoders) > 1)
     tokenizers = [clip_tokenizer(family == "sd2"), clip_tokenizer(True)][: len(encoders)]
     scheduler_file = path / "scheduler" / "scheduler_config.json"
@@ -292,18 +326,29 @@ def load_diffusers_folder(
 
 
 def load_checkpoint(
-    path: Path, *, device: torch.device, dtype: torch.dtype, prediction: Prediction | None = None
+    path: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    prediction: Prediction | None = None,
+    low_memory: bool = False,
 ) -> LoadedModel:
     """Load whatever `path` is: a diffusers folder or a single-file checkpoint."""
+    options = {"device": device, "dtype": dtype, "prediction": prediction, "low_memory": low_memory}
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelFileError(f"{path}: a folder without model_index.json is not a diffusers model")
-        return load_diffusers_folder(path, device=device, dtype=dtype, prediction=prediction)
-    return load_single_file(path, device=device, dtype=dtype, prediction=prediction)
+        return load_diffusers_folder(path, **options)
+    return load_single_file(path, **options)
 
 
-def load_vae_file(path: Path, family: Family, *, device: torch.device, dtype: torch.dtype) -> AutoencoderKL:
+def load_vae_file(
+    path: Path, family: Family, *, device: torch.device, dtype: torch.dtype, low_memory: bool = False
+) -> AutoencoderKL:
     """A standalone VAE (models/VAE, or `x.vae.safetensors` beside a checkpoint)."""
     sd = open_state_dict(path)
     config, prefix = detect_vae_file(sd, family, name=str(path))
-    return load_vae_weights(sd, config, prefix, dtype, str(path)).to(device).eval()
+    vae = load_vae_weights(sd, config, prefix, None if low_memory else dtype, str(path))
+    if low_memory:
+        keep_weights_stored(vae, dtype)
+    return vae.to(device).eval()

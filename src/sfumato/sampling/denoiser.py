@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from sfumato.errors import UserError
+from sfumato.models.stored_weights import compute_dtype
 from sfumato.prompts.encode import Conditioning
 from sfumato.sampling.discrete import DiscreteSchedule
 
@@ -53,7 +54,7 @@ class ModelDenoiser:
     def __call__(
         self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, extras: UNetExtras
     ) -> torch.Tensor:
-        dtype = next(self.unet.parameters()).dtype
+        dtype = compute_dtype(self.unet)
         sigma_b = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
         c_in = 1.0 / (sigma_b**2 + 1.0) ** 0.5
         timestep = self.schedule.sigma_to_t(sigma.float().cpu()).to(x.device)

@@ -22,6 +22,7 @@ from PIL import Image
 from sfumato.data.shapes import random_scene, render
 from sfumato.errors import UserError
 from sfumato.models.loader import LoadedModel
+from sfumato.models.stored_weights import compute_dtype
 from sfumato.models.taesd import TaesdDecoders
 from sfumato.tasks.common import decode_latents, taesd_image
 
@@ -52,7 +53,7 @@ def fit_latent_to_rgb(model: LoadedModel) -> torch.Tensor:
     size = 8 * factor  # an 8×8 latent per reference image: enough rows for a 5-parameter fit per colour
     pixels = _reference_images(size)
     vae = model.vae
-    dtype = next(vae.parameters()).dtype
+    dtype = compute_dtype(vae)
     encoded = vae.encode(pixels.to(model.device, dtype)).latent_dist.mean.float().cpu()
     latents = encoded * vae.config.scaling_factor
     targets = torch.nn.functional.avg_pool2d(pixels, factor)  # the colour each latent pixel covers

@@ -16,6 +16,7 @@ from PIL import Image
 
 from sfumato.errors import InterruptedByUser, SkippedByUser, UserError
 from sfumato.models.loader import LoadedModel
+from sfumato.models.stored_weights import compute_dtype
 
 MAX_SEED = 2**32 - 1
 
@@ -54,7 +55,7 @@ def vae_dtype(model: LoadedModel, *, force: bool = False) -> Iterator[torch.dtyp
     """The dtype to run the VAE in: its own, except that a VAE which overflows in fp16 (SDXL's,
     `force_upcast`, or any when `force`) runs in fp32 for the duration."""
     vae = model.vae
-    dtype = next(vae.parameters()).dtype
+    dtype = compute_dtype(vae)
     upcast = (force or bool(vae.config.get("force_upcast"))) and dtype == torch.float16
     if not upcast:
         yield dtype
