@@ -135,7 +135,7 @@ def run_ours(model: Any, scenario: str, request: Any, control: Any) -> Any:
     return image
 
 
-def load_ours(scenario: str) -> tuple[Any, float]:
+def load_ours(scenario: str, low_memory: bool = False) -> tuple[Any, float]:
     import torch
 
     from sfumato import runtime
@@ -144,15 +144,20 @@ def load_ours(scenario: str) -> tuple[Any, float]:
     runtime.configure(THREADS)  # what every sfumato process does at start (allocator tuning, threads)
     start = time.perf_counter()
     model = load_single_file(
-        MODELS[SCENARIO_MODELS[scenario]].path, device=torch.device("cpu"), dtype=torch.float32
+        MODELS[SCENARIO_MODELS[scenario]].path,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        low_memory=low_memory,
     )
     return model, time.perf_counter() - start
 
 
-def role_ours(scenario: str, steps: int, size: int, hires_steps: int) -> dict[str, Any]:
+def role_ours(
+    scenario: str, steps: int, size: int, hires_steps: int, low_memory: bool = False
+) -> dict[str, Any]:
     from sfumato.tasks.common import RunControl
 
-    model, load_s = load_ours(scenario)
+    model, load_s = load_ours(scenario, low_memory)
     probes = _probes(model.unet, model.vae, list(model.text_encoders))
     request = ours_request(scenario, steps, size, hires_steps, {})
     marks: list[float] = []
@@ -288,8 +293,8 @@ def role_approximations(steps: int, size: int, approximations: dict[str, dict[st
 def main(argv: list[str]) -> None:
     role, scenario = argv[0], argv[1]
     steps, size, hires_steps = int(argv[2]), int(argv[3]), int(argv[4])
-    if role == "ours":
-        result = role_ours(scenario, steps, size, hires_steps)
+    if role in ("ours", "ours-low-memory"):
+        result = role_ours(scenario, steps, size, hires_steps, low_memory=role == "ours-low-memory")
     elif role == "diffusers":
         result = role_diffusers(scenario, steps, size, hires_steps)
     else:

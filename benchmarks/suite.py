@@ -67,6 +67,9 @@ APPROXIMATIONS: dict[str, dict[str, Any]] = {
     "taesd_decode": {"sd_vae_decode_method": "TAESD"},  # final decode with a TAESD-architecture decoder
 }
 
+# Scenarios also run once with sfumato's low-memory mode (weights kept fp16, upcast per layer).
+LOW_MEMORY_SCENARIOS = ("txt2img", "sdxl")
+
 SIDE_KEYS = (
     "load_s",
     "image_s",
@@ -121,6 +124,14 @@ def scenario(
     for side in order:
         runs[side].append(run_child(HERE / "generation.py", [side, *arguments], f"{name} {side}"))
     ours, theirs = _side(runs["ours"]), _side(runs["diffusers"])
+    low_memory = None
+    if name in LOW_MEMORY_SCENARIOS:
+        low = run_child(HERE / "generation.py", ["ours-low-memory", *arguments], f"{name} ours low-memory")
+        low_memory = {
+            k: low[k] for k in ("load_s", "image_s", "unet_step_min_s", "peak_rss_gib", "unet_calls")
+        }
+        low_memory["ratio_over_ours"] = ratios(low_memory, ours, ("load_s", "image_s", "peak_rss_gib"))
+        low_memory["ratio_over_diffusers"] = ratios(low_memory, theirs, ("load_s", "image_s", "peak_rss_gib"))
     flops = None
     if peak:
         flops = peak["flops"].get(f"{SCENARIO_MODELS[name]}@{settings['size']}")
@@ -138,6 +149,7 @@ def scenario(
         "ours": ours,
         "diffusers": theirs,
         "same_unet_calls": ours["unet_calls"] == theirs["unet_calls"],
+        "ours_low_memory": low_memory,
         "ratio_ours_over_diffusers": ratios(
             ours,
             theirs,
