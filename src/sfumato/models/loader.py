@@ -39,6 +39,7 @@ from sfumato.models.detect import (
     native_resolution,
 )
 from sfumato.models.files import open_state_dict
+from sfumato.models.memory_format import apply_memory_format, wants_channels_last
 from sfumato.models.stored_weights import compute_dtype, keep_weights_stored
 
 TOKENIZER_PACKAGE = "sfumato.models.data"
@@ -208,9 +209,11 @@ def load_single_file(
     dtype: torch.dtype,
     prediction: Prediction | None = None,
     low_memory: bool = False,
+    channels_last: bool | None = None,
 ) -> LoadedModel:
     """Load an A1111/CompVis single-file checkpoint (.safetensors, or a weights-only .ckpt).
-    `low_memory`: weights stay as the file stores them (`sfumato.models.stored_weights`)."""
+    `low_memory`: weights stay as the file stores them (`sfumato.models.stored_weights`);
+    `channels_last`: the UNet's and VAE's layout (None: `memory_format.wants_channels_last`)."""
     sd = open_state_dict(path)
     info = detect_checkpoint(sd, name=str(path))
     if info.vae_config is None:
@@ -224,6 +227,7 @@ def load_single_file(
     if low_memory:
         for module in (unet, vae, *encoders):
             keep_weights_stored(module, dtype)
+    apply_memory_format([unet, vae], wants_channels_last(device, dtype, channels_last))
     unet.to(device)
     pred = prediction or info.prediction or guess_sd2_prediction(unet)
     return LoadedModel(
@@ -274,6 +278,7 @@ def load_diffusers_folder(
     dtype: torch.dtype,
     prediction: Prediction | None = None,
     low_memory: bool = False,
+    channels_last: bool | None = None,
 ) -> LoadedModel:
     """Load a diffusers folder (`model_index.json`) with its own configs, strictly offline."""
     try:
@@ -296,6 +301,7 @@ def load_diffusers_folder(
     if low_memory:
         for module in (unet, vae, *encoders):
             keep_weights_stored(module, dtype)
+    apply_memory_format([unet, vae], wants_channels_last(device, dtype, channels_last))
     family = _family_of_diffusers(unet.config, len(encoders) > 1)
     tokenizers = [clip_tokenizer(family == "sd2"), clip_tokenizer(True)][: len(encoders)]
     scheduler_file = path / "scheduler" / "scheduler_config.json"
@@ -332,9 +338,16 @@ def load_checkpoint(
     dtype: torch.dtype,
     prediction: Prediction | None = None,
     low_memory: bool = False,
+    channels_last: bool | None = None,
 ) -> LoadedModel:
     """Load whatever `path` is: a diffusers folder or a single-file checkpoint."""
-    options = {"device": device, "dtype": dtype, "prediction": prediction, "low_memory": low_memory}
+    options = {
+        "device": device,
+        "dtype": dtype,
+        "prediction": prediction,
+        "low_memory": low_memory,
+        "channels_last": channels_last,
+    }
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelFileError(f"{path}: a folder without model_index.json is not a diffusers model")
@@ -343,7 +356,13 @@ def load_checkpoint(
 
 
 def load_vae_file(
-    path: Path, family: Family, *, device: torch.device, dtype: torch.dtype, low_memory: bool = False
+    path: Path,
+    family: Family,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    low_memory: bool = False,
+    channels_last: bool | None = None,
 ) -> AutoencoderKL:
     """A standalone VAE (models/VAE, or `x.vae.safetensors` beside a checkpoint)."""
     sd = open_state_dict(path)
@@ -351,4 +370,5 @@ def load_vae_file(
     vae = load_vae_weights(sd, config, prefix, None if low_memory else dtype, str(path))
     if low_memory:
         keep_weights_stored(vae, dtype)
+    apply_memory_format([vae], wants_channels_last(device, dtype, channels_last))
     return vae.to(device).eval()

@@ -224,14 +224,15 @@ class ModelManager:
         self.unload()
         if path.suffix.lower() in PICKLE_SUFFIXES:
             print(f"sfumato: loading {path.name} with torch's weights-only unpickler", file=sys.stderr)
-        low_memory = self.settings.low_memory
-        loaded = load_checkpoint(
-            path, device=self.device, dtype=self.dtype, prediction=prediction, low_memory=low_memory
-        )
+        compute = {
+            "device": self.device,
+            "dtype": self.dtype,
+            "low_memory": self.settings.low_memory,
+            "channels_last": self.settings.channels_last,
+        }
+        loaded = load_checkpoint(path, prediction=prediction, **compute)
         if vae_file is not None:
-            loaded.vae = load_vae_file(
-                vae_file, loaded.family, device=self.device, dtype=self.dtype, low_memory=low_memory
-            )
+            loaded.vae = load_vae_file(vae_file, loaded.family, **compute)
             loaded.vae_path = vae_file
         loaded.networks = self._network_patcher(loaded)
         self._loaded, self._loaded_key = loaded, key
