@@ -251,15 +251,40 @@ def psnr(a: Any, b: Any) -> float:
     return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
 
 
+def _bf16_run(steps: int, size: int, fields: dict[str, Any]) -> tuple[Any, float, int]:
+    """The txt2img job on a bf16 copy of the checkpoint (loaded once per process)."""
+    import torch
+
+    from sfumato.models.loader import load_single_file
+    from sfumato.tasks.common import RunControl
+
+    global _BF16_MODEL
+    if _BF16_MODEL is None:
+        path = MODELS[SCENARIO_MODELS["txt2img"]].path
+        _BF16_MODEL = load_single_file(path, device=torch.device("cpu"), dtype=torch.bfloat16)
+        _BF16_MODEL.taesd = _taesd().to(torch.bfloat16)
+    probe = Probe(_BF16_MODEL.unet)
+    start = time.perf_counter()
+    image = run_ours(_BF16_MODEL, "txt2img", ours_request("txt2img", steps, size, 0, fields), RunControl())
+    return image, time.perf_counter() - start, len(probe.times)
+
+
+_BF16_MODEL: Any = None
+
+
+def _taesd() -> Any:
+    from diffusers import AutoencoderTiny
+
+    return AutoencoderTiny().eval()  # TAESD's architecture, random weights: its speed, not its look
+
+
 def role_approximations(steps: int, size: int, approximations: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """txt2img exact, then with each approximation's request fields, in one warm process: seconds per
     image, UNet calls and PSNR against the exact image; exact runs first and last (drift check)."""
-    from diffusers import AutoencoderTiny
-
     from sfumato.tasks.common import RunControl
 
     model, load_s = load_ours("txt2img")
-    model.taesd = AutoencoderTiny().eval()  # TAESD's architecture, random weights: its speed, not its look
+    model.taesd = _taesd()
     probe = Probe(model.unet)
 
     def timed(fields: dict[str, Any]) -> tuple[Any, float, int]:
@@ -271,7 +296,10 @@ def role_approximations(steps: int, size: int, approximations: dict[str, dict[st
     exact, exact_s, exact_calls = timed({})
     results: dict[str, Any] = {}
     for name, fields in approximations.items():
-        image, seconds, calls = timed(fields)
+        if fields.get("dtype") == "bf16":  # a half-precision load (channels_last by default on CPU)
+            image, seconds, calls = _bf16_run(steps, size, {k: v for k, v in fields.items() if k != "dtype"})
+        else:
+            image, seconds, calls = timed(fields)
         psnr_db = psnr(image, exact)
         results[name] = {
             "fields": fields,

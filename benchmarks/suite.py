@@ -61,10 +61,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
 # Each opt-in approximation as request fields (alone), then all of them together.
 APPROXIMATIONS: dict[str, dict[str, Any]] = {
     "ngms": {"s_min_uncond": 3.0},  # A1111's "Negative Guidance minimum sigma", odd steps below sigma 3
-    "ngms_all_steps": {"s_min_uncond": 3.0, "s_min_uncond_all": True},
     "tome": {"token_merging_ratio": 0.5},  # A1111's token merging through tomesd
     "deepcache": {"deepcache_interval": 3},  # the full UNet every 3rd step, the shallow branch between
     "taesd_decode": {"sd_vae_decode_method": "TAESD"},  # final decode with a TAESD-architecture decoder
+    "bf16": {"dtype": "bf16"},  # --dtype bf16: bf16 weights and compute, channels_last (AMX CPUs)
 }
 
 # Scenarios also run once with sfumato's low-memory mode (weights kept fp16, upcast per layer).
@@ -159,8 +159,8 @@ def scenario(
 
 
 def approximations(settings: dict[str, Any], diffusers_image_s: float | None) -> dict[str, Any]:
-    combined = {k: v for fields in APPROXIMATIONS.values() for k, v in fields.items()}
-    chosen = {**APPROXIMATIONS, "all_together": combined}
+    combined = {k: v for fields in APPROXIMATIONS.values() for k, v in fields.items() if k != "dtype"}
+    chosen = {**APPROXIMATIONS, "all_together": combined, "all_together_bf16": {**combined, "dtype": "bf16"}}
     arguments = [
         "approximations",
         "txt2img",
