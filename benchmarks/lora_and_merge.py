@@ -201,7 +201,11 @@ def main() -> None:
         print(json.dumps(role_lora(args.repeats)))
         return
     if args.role == "lora-diffusers":
-        print(json.dumps(role_lora_diffusers(args.repeats)))
+        try:
+            result = role_lora_diffusers(args.repeats)
+        except Exception as exc:  # a diffusers/peft failure is a finding to report, not a crash of the suite
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(result))
         return
     if args.role == "merge":
         print(json.dumps(role_merge()))

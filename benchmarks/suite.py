@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,7 @@ def lora(repeats: int) -> dict[str, Any]:
 def headline(report: dict[str, Any]) -> list[str]:
     lines = []
     for name in SCENARIOS:
-        if name in report:
+        if "ratio_ours_over_diffusers" in report.get(name, {}):
             r = report[name]["ratio_ours_over_diffusers"]
             lines.append(
                 f"{name:8s} image {report[name]['ours']['image_s']:8.2f} s vs {report[name]['diffusers']['image_s']:8.2f} s"
@@ -227,41 +228,51 @@ def main() -> None:
         "versions": versions(),
     }
     report["parts"] = parts
-    peak = None
+    out = args.out or HERE / "results" / f"suite-{mode}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def measure(part: str, run: Callable[[], Any]) -> None:
+        """Run one part; a failed child is recorded as the part's error, and the report is saved after
+        every part, so an hour of figures never hangs on the last one."""
+        try:
+            report[part] = run()
+        except SystemExit as exc:
+            report[part] = {"error": str(exc)}
+            log(f"{part} failed: {exc}")
+        report["wall_s"] = round(time.perf_counter() - started, 1)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
     if "peak" in parts or any(p in parts for p in SCENARIOS):
         sizes: dict[str, list[int]] = {}
         for name in SCENARIOS:
             sizes.setdefault(SCENARIO_MODELS[name], []).append(settings[name]["size"])
-        peak = run_child(HERE / "machine_peak.py", [json.dumps(sizes)], "peak")
-        report["peak"] = peak
+        measure("peak", lambda: run_child(HERE / "machine_peak.py", [json.dumps(sizes)], "peak"))
+    peak = report.get("peak")
+    if peak is not None and "error" in peak:
+        peak = None
     if "compute_modes" in parts:
-        modes = settings["compute_modes"]
-        report["compute_modes"] = run_child(
-            HERE / "compute_modes.py", [str(modes["size"]), str(modes["repeats"])], "compute_modes"
-        )
+        modes = [str(settings["compute_modes"]["size"]), str(settings["compute_modes"]["repeats"])]
+        measure("compute_modes", lambda: run_child(HERE / "compute_modes.py", modes, "compute_modes"))
     if "profile" in parts:
         size, calls = str(settings["txt2img"]["size"]), "2" if mode == "full" else "1"
-        report["profile"] = {
-            layout: run_child(HERE / "unet_profile.py", [size, calls, flag], f"profile {layout}")
-            for layout, flag in (("nchw", "0"), ("channels_last", "1"))
-        }
+        measure(
+            "profile",
+            lambda: {
+                layout: run_child(HERE / "unet_profile.py", [size, calls, flag], f"profile {layout}")
+                for layout, flag in (("nchw", "0"), ("channels_last", "1"))
+            },
+        )
     for name in SCENARIOS:
         if name in parts:
-            report[name] = scenario(name, settings[name], args.repeats, peak)
+            measure(name, lambda name=name: scenario(name, settings[name], args.repeats, peak))
     if "approximations" in parts:
         diffusers_s = report.get("txt2img", {}).get("diffusers", {}).get("image_s")
-        report["approximations"] = approximations(settings["approximations"], diffusers_s)
+        measure("approximations", lambda: approximations(settings["approximations"], diffusers_s))
     if "lora" in parts:
-        report["lora"] = lora(settings["lora_repeats"])
+        measure("lora", lambda: lora(settings["lora_repeats"]))
     if "server" in parts:
-        server = settings["server"]
-        report["server"] = run_child(
-            HERE / "server_ttfi.py", [str(server["steps"]), str(server["size"])], "server"
-        )
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    out = args.out or HERE / "results" / f"suite-{mode}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+        server = [str(settings["server"]["steps"]), str(settings["server"]["size"])]
+        measure("server", lambda: run_child(HERE / "server_ttfi.py", server, "server"))
     for line in headline(report):
         log(line)
     log(f"report written to {out}")
