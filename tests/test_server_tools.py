@@ -140,6 +140,7 @@ def test_merge_refusals_name_the_field_and_write_nothing(url, tools_dir, tiny_mo
         ({"name": "dup", "overwrite": True}, "name"),  # sub/dup already answers to "dup"
         ({"models": ["a", "nope"]}, "models.1"),
         ({"models": ["x" * 5000, "b"]}, "models.0"),  # longer than a path: still just an unknown name
+        ({"models": ["~nosuchuser0/m", "b"]}, "models.0"),  # no home to expand: an unknown name too
         ({"models": ["a", str(tiny_models["sd1"][0])]}, "models.1"),  # a file outside the folders
         ({"models": ["a", "xl"]}, "models"),  # SD1 and SDXL
         ({"models": ["a", "b"], "mode": "add-diff"}, "models"),  # add-diff takes three

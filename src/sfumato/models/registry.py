@@ -122,9 +122,11 @@ def resolve_model_path(
     query: str, entries: list[ModelEntry], kind: str, hashes: HashCache | None = None, *, field: str = "model"
 ) -> Path:
     """Path for what the user typed: an existing path, or a name/title/hash among `entries`."""
-    candidate = Path(query).expanduser()
     try:
+        candidate = Path(query).expanduser()
         exists = candidate.exists()
+    except RuntimeError:  # "~nosuchuser/...": no home to expand, so only a name can mean something
+        candidate, exists = Path(query), False
     except OSError:  # longer than a path can be (ENAMETOOLONG): only a name can mean something
         exists = False
     if exists:
