@@ -202,6 +202,21 @@ def guess_sd2_prediction(unet: UNet2DConditionModel) -> Prediction:
     return "v_prediction" if (out - x[:, :4]).float().mean().item() < -1 else "epsilon"
 
 
+def _prepare_for_compute(
+    unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    encoders: list[Any],
+    dtype: torch.dtype,
+    low_memory: bool,
+    channels_last: bool,
+) -> None:
+    """What every loader does once the weights are in: low-memory upcast hooks, memory layout."""
+    if low_memory:
+        for module in (unet, vae, *encoders):
+            keep_weights_stored(module, dtype)
+    apply_memory_format([unet, vae], channels_last)
+
+
 def load_single_file(
     path: Path,
     *,
@@ -224,10 +239,9 @@ def load_single_file(
     encoders = [_load_text_encoder(sd, spec, load_dtype, str(path)) for spec in info.text_encoders]
     tokenizers = [clip_tokenizer(spec.kind == "open_clip") for spec in info.text_encoders]
     del sd
-    if low_memory:
-        for module in (unet, vae, *encoders):
-            keep_weights_stored(module, dtype)
-    apply_memory_format([unet, vae], wants_channels_last(device, dtype, channels_last))
+    _prepare_for_compute(
+        unet, vae, encoders, dtype, low_memory, wants_channels_last(device, dtype, channels_last)
+    )
     unet.to(device)
     pred = prediction or info.prediction or guess_sd2_prediction(unet)
     return LoadedModel(
@@ -298,10 +312,9 @@ def load_diffusers_folder(
             encoders.append(CLIPTextModelWithProjection.from_pretrained(path, **kw("text_encoder_2")))
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: not a loadable diffusers Stable Diffusion folder ({exc})") from exc
-    if low_memory:
-        for module in (unet, vae, *encoders):
-            keep_weights_stored(module, dtype)
-    apply_memory_format([unet, vae], wants_channels_last(device, dtype, channels_last))
+    _prepare_for_compute(
+        unet, vae, encoders, dtype, low_memory, wants_channels_last(device, dtype, channels_last)
+    )
     family = _family_of_diffusers(unet.config, len(encoders) > 1)
     tokenizers = [clip_tokenizer(family == "sd2"), clip_tokenizer(True)][: len(encoders)]
     scheduler_file = path / "scheduler" / "scheduler_config.json"
