@@ -154,8 +154,14 @@ def test_tabs_show_the_queue_models_and_settings(page):
     page.click("[data-tab=settings]")
     expect(page.locator("#settings-form input[name=CLIP_stop_at_last_layers]")).to_have_value("1")
     page.fill("#settings-form input[name=CLIP_stop_at_last_layers]", "2")
+    expect(page.locator("#optimizations input[name=s_min_uncond]")).to_have_value("0")
+    page.fill("#optimizations input[name=s_min_uncond]", "1.5")
+    page.select_option("#optimizations select[name=sd_vae_decode_method]", "Full")
     page.click("#settings-form button[type=submit]")
     expect(page.locator("#message")).to_have_text("settings saved")
+    saved = httpx.get(f"{page.base_url}/sdapi/v1/options").json()
+    assert saved["s_min_uncond"] == 1.5 and saved["token_merging_ratio"] == 0
+    httpx.post(f"{page.base_url}/sdapi/v1/options", json={"s_min_uncond": 0})
     assert httpx.get(f"{page.base_url}/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
     shot(page, "settings")
 

@@ -84,7 +84,11 @@ def test_a_half_precision_vae_that_overflows_decodes_again_in_fp32(tiny_models, 
     from sfumato.tasks.common import decode_latents
 
     half = load_checkpoint(tiny_models["sd1"][0], device=torch.device("cpu"), dtype=torch.float16)
-    full = load_checkpoint(tiny_models["sd1"][0], device=torch.device("cpu"), dtype=torch.float32)
+    # The same layout as the half model's (channels_last, the CPU default for half precision), so the
+    # fp32 re-decode and this reference run the same kernels.
+    full = load_checkpoint(
+        tiny_models["sd1"][0], device=torch.device("cpu"), dtype=torch.float32, channels_last=True
+    )
     real_decode = half.vae.decode
 
     def overflowing(latents, *args, **kwargs):

@@ -843,12 +843,50 @@ function loraEntry(lora) {
     element("summary", { class: "lora-row" }, cells.map((cell) => element("span", { text: String(cell) }))), ...body]);
 }
 
+// A1111's Settings > Optimizations, with its labels; each is an /sdapi/v1/options field.
+const OPTIMIZATIONS = [
+  { name: "s_min_uncond", label: "Negative Guidance minimum sigma (0: off)", type: "number", min: 0, max: 15, step: 0.01 },
+  { name: "s_min_uncond_all", label: "Negative Guidance minimum sigma all steps", type: "checkbox" },
+  { name: "token_merging_ratio", label: "Token merging ratio (0: off)", type: "number", min: 0, max: 0.9, step: 0.1 },
+  { name: "token_merging_ratio_hr", label: "Token merging ratio for high-res pass (0: same)", type: "number", min: 0, max: 0.9, step: 0.1 },
+  { name: "deepcache_interval", label: "DeepCache interval (full UNet every N steps; 0/1: off)", type: "number", min: 0, max: 10, step: 1 },
+  { name: "sd_vae_decode_method", label: "VAE type for decode", type: "select", choices: ["Full", "TAESD"] },
+  { name: "pad_cond_uncond", label: "Pad prompt/negative prompt", type: "checkbox" },
+];
+
+function optimizationInputs() {
+  const fieldset = $("#optimizations");
+  for (const spec of OPTIMIZATIONS) {
+    const limits = Object.fromEntries(["min", "max", "step"].filter((key) => key in spec).map((key) => [key, spec[key]]));
+    const input = spec.type === "select"
+      ? element("select", { name: spec.name })
+      : element("input", { name: spec.name, type: spec.type, ...limits });
+    if (spec.type === "select") fillSelect(input, spec.choices.map((c) => [c, c]));
+    fieldset.append(spec.type === "checkbox"
+      ? element("label", {}, [input, ` ${spec.label}`])
+      : element("label", {}, [`${spec.label} `, input]));
+  }
+}
+
+function optimizationValues(form) {
+  return Object.fromEntries(OPTIMIZATIONS.map((spec) => {
+    const input = form.elements[spec.name];
+    if (spec.type === "checkbox") return [spec.name, input.checked];
+    return [spec.name, spec.type === "number" ? Number(input.value) : input.value];
+  }));
+}
+
 async function loadSettings() {
   const [options, vaes] = await Promise.all([api("sdapi/v1/options"), api("sdapi/v1/sd-vae")]);
   const form = $("#settings-form");
   fillSelect(form.elements.sd_vae, [["Automatic", "Automatic"], ["None", "None"], ...vaes.map((v) => [v.model_name, v.model_name])], options.sd_vae);
   form.elements.CLIP_stop_at_last_layers.value = options.CLIP_stop_at_last_layers;
   form.elements.samples_save.checked = Boolean(options.samples_save);
+  for (const spec of OPTIMIZATIONS) {
+    const input = form.elements[spec.name];
+    if (spec.type === "checkbox") input.checked = Boolean(options[spec.name]);
+    else input.value = options[spec.name] ?? "";
+  }
 }
 
 async function saveSettings(event) {
@@ -858,6 +896,7 @@ async function saveSettings(event) {
     sd_vae: form.elements.sd_vae.value,
     CLIP_stop_at_last_layers: Number(form.elements.CLIP_stop_at_last_layers.value),
     samples_save: form.elements.samples_save.checked,
+    ...optimizationValues(form),
   } });
   showMessage("settings saved");
 }
@@ -866,6 +905,7 @@ async function saveSettings(event) {
 
 async function start() {
   expandTemplates();
+  optimizationInputs();
   for (const form of $$("form")) wireToggles(form);
   for (const button of $$("#tabs [data-tab]")) button.addEventListener("click", () => openTab(button.dataset.tab));
   state.panels.txt2img = new GenerationPanel($("#txt2img-form"), txt2imgRequest);
