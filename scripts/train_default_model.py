@@ -1,7 +1,7 @@
 """Train sfumato's embedded default model from scratch on the synthetic shapes world, end to end.
 
     python scripts/train_default_model.py --out runs/default [--images 30000] [--vae-steps 3000]
-        [--vae-detail-steps 1000] [--text-steps 1000] [--unet-steps 3500] [--threads 2]
+        [--vae-detail-steps 1000] [--text-steps 1000] [--unet-steps 4000] [--threads 2]
         [--vae-from FILE]
     cp runs/default/sfumato-shapes.safetensors src/sfumato/models/data/default/
 
@@ -217,8 +217,8 @@ def train_unet(
         # The text encoder stays as `pretrain_text_encoder` left it. Measured (2026-12-04): trained
         # jointly, it collapsed "top left" vs "top right" from a relative L2 of 0.42 to 0.06 while the UNet
         # learned only the row words, and every column word drew the same image (position 0.28). Frozen,
-        # with the crop-trained VAE: colour 0.955, shape 0.55, position 0.975, count 0.96, two objects
-        # both right 0.21 (`sfumato eval shapes --count 200`), and the UNet step is 0.79 s, not 0.86.
+        # with the crop-trained VAE and 4000 steps: colour 0.97, shape 0.61, position 0.99, count 0.97,
+        # two objects both right 0.31 (`sfumato eval shapes --count 200`); the UNet step is 0.79 s, not 0.86.
         train_text_encoder=False,
         latent_cache=cache,
     )
@@ -307,7 +307,7 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--vae-detail-steps", type=int, default=1000)
     parser.add_argument("--text-steps", type=int, default=1000)
-    parser.add_argument("--unet-steps", type=int, default=3500)  # 45.8 min at 0.79 s/step (2026-12-04)
+    parser.add_argument("--unet-steps", type=int, default=4000)  # 52.6 min at 0.79 s/step (2026-12-04)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(

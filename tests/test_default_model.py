@@ -26,7 +26,7 @@ from sfumato.settings import load_settings
 from sfumato.tasks.txt2img import generate
 
 PROMPTS = 12
-# The position is not in the prompt; the checker's position verdict is not asserted for this one.
+# The size is not in the prompt; the checker's verdicts on the object's attributes are not asserted.
 RED_CIRCLE_ON_WHITE = Scene("white", (ObjectSpec("circle", "red", "medium", "center"),))
 
 
@@ -73,23 +73,30 @@ def _verdicts(loaded, prompts: list[tuple[str, Scene]]):
     return verdicts
 
 
-def test_held_out_prompts_get_their_background_and_object_colour(loaded):
-    """Measured on 12 held-out prompts (seeds 1000-1011): background 12, one object 11, object colour 11,
-    shape 5, position 7. Chance is 1.2 for a colour, 2 for a shape and 1.3 for a position; the shape and
-    position thresholds are kept low, as those attributes are still weakly learned (see issue 4)."""
+def test_held_out_prompts_get_their_background_object_colour_and_position(loaded):
+    """Measured on 12 held-out prompts (seeds 1000-1011): background 12, one object 12, object colour
+    12, position 12, shape 7 (crosses are its weak shape: drawn as squares). Chance is 1.2 for a
+    colour, 2 for a shape and 1.3 for a position; each threshold leaves one or two verdicts of margin."""
     prompts = eval_prompts(PROMPTS, seed=7, two_objects=False)
     verdicts = _verdicts(loaded, prompts)
     report = [(text, v) for (text, _), v in zip(prompts, verdicts, strict=True)]
-    assert sum(v.background_ok for v in verdicts) >= 10, report
-    assert sum(v.count_ok for v in verdicts) >= 9, report
-    assert sum(v.objects[0].colour_ok for v in verdicts) >= 8, report
-    assert sum(v.objects[0].shape_ok for v in verdicts) >= 3, report
-    assert sum(v.objects[0].position_ok for v in verdicts) >= 4, report
+    assert sum(v.background_ok for v in verdicts) >= 11, report
+    assert sum(v.count_ok for v in verdicts) >= 10, report
+    assert sum(v.objects[0].colour_ok for v in verdicts) >= 10, report
+    assert sum(v.objects[0].position_ok for v in verdicts) >= 10, report
+    assert sum(v.objects[0].shape_ok for v in verdicts) >= 5, report
 
 
 def test_readme_first_command_draws_a_red_object_on_white(tmp_path, capsys):
-    """`make run` is `sfumato txt2img "a red circle on a white background"` on an empty data dir."""
-    argv = ["txt2img", "a red circle on a white background", "--seed", "1", "--data-dir", str(tmp_path)]
+    """`make run` is `sfumato txt2img "a red circle in the center on a white background"` on an empty data dir."""
+    argv = [
+        "txt2img",
+        "a red circle in the center on a white background",
+        "--seed",
+        "1",
+        "--data-dir",
+        str(tmp_path),
+    ]
     code = main(argv)
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -121,7 +128,7 @@ def test_inpainting_a_red_circle_as_a_blue_square_paints_blue_there_and_nowhere_
     mask.paste(255, (left - 4, top - 4, right + 4, bottom + 4))
     original = np.asarray(picture).astype(int)
     squares = 0
-    for seed in range(3):
+    for seed in range(6):
         request = build_img2img_request(
             prompt=canonical_caption(target), steps=20, seed=seed, denoising_strength=1.0,
             inpainting_fill=1, inpaint_full_res=False, mask_blur=2,
@@ -130,13 +137,13 @@ def test_inpainting_a_red_circle_as_a_blue_square_paints_blue_there_and_nowhere_
         out = np.asarray(image).astype(int)
         inside = out[top:bottom, left:right].reshape(-1, 3)
         painted = inside[inside.min(1) < 200]
-        # measured: mean painted RGB about (88, 114, 187) for seeds 0-2; the red circle was (255, ~0, ~0).
-        # The model's blue is light (its colour accuracy is 0.71), so "blue" is B ≫ R.
+        # measured: mean painted RGB about (38, 104, 239) for seeds 0-5; the red circle was (255, ~0, ~0)
         assert len(painted) > 0.5 * len(inside)
         red, _, blue = painted.mean(0)
-        assert red < 120 and blue - red > 80, painted.mean(0)
+        assert red < 100 and blue - red > 150, painted.mean(0)
         grown = np.zeros(out.shape[:2], dtype=bool)  # the mask box plus the blur's reach (5 px)
         grown[top - 4 - 6 : bottom + 4 + 6, left - 4 - 6 : right + 4 + 6] = True
         np.testing.assert_array_equal(out[~grown], original[~grown])
         squares += check_image(image, target).objects[0].shape_ok
-    assert squares >= 2  # measured: 3 of 3
+    # measured: 4 of 6 (the others are squares with pinched sides, which the checker calls crosses)
+    assert squares >= 3
