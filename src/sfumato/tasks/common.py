@@ -15,6 +15,7 @@ from diffusers import AutoencoderTiny
 from PIL import Image
 
 from sfumato.errors import InterruptedByUser, SkippedByUser, UserError
+from sfumato.models import vae_tiling
 from sfumato.models.loader import LoadedModel
 from sfumato.models.stored_weights import compute_dtype
 
@@ -93,14 +94,14 @@ def taesd_image(decoder: AutoencoderTiny, latents: torch.Tensor) -> Image.Image:
 
 
 def _decode_one(model: LoadedModel, latents: torch.Tensor) -> Image.Image:
+    """One image's latents decoded (in tiles only if it does not fit: `sfumato.models.vae_tiling`)."""
+    scaling = model.vae.config.scaling_factor
     with vae_dtype(model) as dtype:
-        pixels = model.vae.decode(latents.to(model.device, dtype) / model.vae.config.scaling_factor).sample
+        pixels = vae_tiling.decode(model.vae, latents.to(model.device, dtype) / scaling)
     if dtype == torch.float16 and not torch.isfinite(pixels).all():
         print("sfumato: the VAE overflowed in fp16; decoding this image in fp32", file=sys.stderr)
         with vae_dtype(model, force=True) as dtype:
-            pixels = model.vae.decode(
-                latents.to(model.device, dtype) / model.vae.config.scaling_factor
-            ).sample
+            pixels = vae_tiling.decode(model.vae, latents.to(model.device, dtype) / scaling)
     return _to_image(pixels)
 
 

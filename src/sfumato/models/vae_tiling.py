@@ -1,0 +1,72 @@
+"""VAE decoding in tiles, only where the image needs it.
+
+diffusers' `AutoencoderKL.tiled_decode` decodes overlapping tiles of `tile_latent_min_size` latents
+(64 for SD's VAE) and blends their seams, so it holds one tile's activations instead of the whole
+image's. It costs time (+56 % at 512², issue 8) and the blended seams change pixels slightly, so an
+image is decoded whole unless its estimated working set does not fit in the memory the device has
+free, or the device runs out anyway (then that image is decoded again in tiles, as ComfyUI does).
+
+The estimate: the decoder's peak is at full resolution, where a few activations of the widest
+full-resolution width (`block_out_channels[1]`: 256 for SD's VAE, right after the last upsampling)
+are alive at once. Measured for SD's VAE in fp32 (benchmarks/vae_decode_memory.py, 2026-12-04): the
+peak RSS growth of a whole decode was 4.7, 4.6 and 6.5 such activations at 256², 512² and 768² (it
+grows faster than the pixels at large sizes: the mid-block attention over every latent pixel), so
+`PEAK_ACTIVATIONS` is 7. The same run timed tiles at 1.47× a whole decode at 512² and 0.93× at 768².
+"""
+
+from __future__ import annotations
+
+import sys
+
+import psutil
+import torch
+from diffusers import AutoencoderKL
+
+PEAK_ACTIVATIONS = 7.0  # measured: see above
+HEADROOM = 0.8  # use at most this share of the free memory: the rest is the process's other needs
+
+
+def decode_bytes(vae: AutoencoderKL, latents: torch.Tensor) -> int:
+    """Estimated peak working set of decoding `latents` whole with `vae`."""
+    batch, _, height, width = latents.shape
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    widest = vae.config.block_out_channels[min(1, len(vae.config.block_out_channels) - 1)]
+    element = torch.empty((), dtype=latents.dtype).element_size()
+    return int(PEAK_ACTIVATIONS * batch * widest * height * scale * width * scale * element)
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory the device has free now (CUDA: the driver's free memory; else the host's available RAM)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(psutil.virtual_memory().available)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation (CUDA's OutOfMemoryError, or the CPU/MPS allocator's RuntimeError)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Pixels of unscaled `latents`: decoded whole when they fit, else (or on running out) in tiles."""
+    needed, free = decode_bytes(vae, latents), free_bytes(latents.device)
+    if needed > HEADROOM * free:
+        _say(
+            f"decoding in tiles: a whole decode needs about {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free"
+        )
+        return vae.tiled_decode(latents).sample
+    try:
+        return vae.decode(latents).sample
+    except (RuntimeError, torch.OutOfMemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+    # out of the except block, so the failed decode's tensors are freed before the tiles start
+    _say("the device ran out of memory decoding the whole image; decoding it again in tiles")
+    return vae.tiled_decode(latents).sample
+
+
+def _say(message: str) -> None:
+    print(f"sfumato: {message}", file=sys.stderr)

@@ -1,0 +1,95 @@
+"""VAE decoding in tiles only where the image needs it: a decode that fits is whole (bit for bit
+diffusers' `decode`), one whose estimate exceeds the free memory, or that runs out, is diffusers'
+`tiled_decode`, and any other error is not mistaken for running out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sfumato.models import vae_tiling
+from sfumato.request import build_request
+from sfumato.tasks.txt2img import generate
+
+
+@pytest.fixture
+def vae(tiny_models):
+    """The tiny SD1 VAE (sample_size 64: 8-latent tiles), and latents of a 128² image (4 × 4 tiles)."""
+    return tiny_models["sd1"][1].vae.eval()
+
+
+LATENTS = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def reference(vae, tiled: bool) -> torch.Tensor:
+    with torch.no_grad():
+        return (vae.tiled_decode if tiled else vae.decode)(LATENTS).sample
+
+
+def test_the_estimate_scales_with_pixels_and_element_size(vae):
+    one = vae_tiling.decode_bytes(vae, LATENTS)
+    assert one > 0
+    assert vae_tiling.decode_bytes(vae, torch.zeros(1, 4, 32, 32)) == 4 * one
+    assert vae_tiling.decode_bytes(vae, torch.zeros(2, 4, 16, 16)) == 2 * one
+    assert vae_tiling.decode_bytes(vae, LATENTS.half()) == one // 2
+
+
+def test_a_decode_that_fits_is_whole(vae, monkeypatch, capsys):
+    monkeypatch.setattr(vae_tiling, "free_bytes", lambda device: 1 << 40)
+    with torch.no_grad():
+        pixels = vae_tiling.decode(vae, LATENTS)
+    assert torch.equal(pixels, reference(vae, tiled=False))
+    assert capsys.readouterr().err == ""
+
+
+def test_a_decode_that_does_not_fit_is_tiled(vae, monkeypatch, capsys):
+    monkeypatch.setattr(vae_tiling, "free_bytes", lambda device: vae_tiling.decode_bytes(vae, LATENTS) // 2)
+    with torch.no_grad():
+        pixels = vae_tiling.decode(vae, LATENTS)
+    tiled, whole = reference(vae, tiled=True), reference(vae, tiled=False)
+    assert not torch.equal(tiled, whole)  # tiles really were blended: the two paths can be told apart
+    assert torch.equal(pixels, tiled)
+    assert "decoding in tiles" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ],
+)
+def test_running_out_anyway_decodes_again_in_tiles(vae, monkeypatch, capsys, error):
+    monkeypatch.setattr(vae_tiling, "free_bytes", lambda device: 1 << 40)
+
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vae, "decode", out_of_memory)
+    with torch.no_grad():
+        pixels = vae_tiling.decode(vae, LATENTS)
+    assert torch.equal(pixels, reference(vae, tiled=True))
+    assert "ran out of memory" in capsys.readouterr().err
+
+
+def test_other_errors_are_not_taken_for_running_out(vae, monkeypatch):
+    monkeypatch.setattr(vae_tiling, "free_bytes", lambda device: 1 << 40)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Given groups=1, weight of size [64, 4, 3, 3], expected input to have 4 channels")
+
+    monkeypatch.setattr(vae, "decode", broken)
+    with pytest.raises(RuntimeError, match="expected input"):
+        vae_tiling.decode(vae, LATENTS)
+
+
+def test_a_generation_without_the_memory_still_gets_its_image(tiny_models, monkeypatch, capsys):
+    from sfumato.models.loader import load_checkpoint
+
+    model = load_checkpoint(tiny_models["sd1"][0], device=torch.device("cpu"), dtype=torch.float32)
+    request = build_request(prompt="a cat", width=128, height=128, steps=2, seed=3, sampler_name="Euler")
+    whole = generate(model, request).images[0].image
+    monkeypatch.setattr(vae_tiling, "free_bytes", lambda device: 1)
+    tiled = generate(model, request).images[0].image
+    assert tiled.size == whole.size == (128, 128)
+    assert "decoding in tiles" in capsys.readouterr().err
