@@ -507,6 +507,18 @@ def test_an_approximation_from_the_body_or_the_options(
         post(url, "/sdapi/v1/options", reset)
 
 
+def test_img2img_jobs_use_the_img2img_token_merging_ratio(url):
+    assert post(url, "/sdapi/v1/options", {"token_merging_ratio_img2img": 0.3}).status_code == 200
+    try:
+        init = {"init_images": [b64_png(Image.effect_noise((64, 64), 60).convert("RGB"))]}
+        made = post(url, "/sdapi/v1/img2img", {**TINY, **init}).json()
+        assert "Token merging ratio: 0.3" in json.loads(made["info"])["infotexts"][0]
+        plain = post(url, "/sdapi/v1/txt2img", TINY).json()
+        assert "Token merging ratio" not in json.loads(plain["info"])["infotexts"][0]
+    finally:
+        post(url, "/sdapi/v1/options", {"token_merging_ratio_img2img": 0})
+
+
 def test_taesd_final_decode_without_its_file_is_a_422_naming_the_option(url):
     response = post(url, "/sdapi/v1/txt2img", {**TINY, "sd_vae_decode_method": "TAESD"})
     assert response.status_code == 422 and response.json()["field"] == "sd_vae_decode_method"

@@ -109,6 +109,18 @@ def test_infotext_writes_a1111_keys_and_reads_them_back():
     assert build_request(**fields).token_merging_ratio_hr == 0.6
 
 
+def test_img2img_jobs_take_the_img2img_ratio_when_it_is_set(tmp_path):
+    store = OptionsStore(tmp_path / "options.json", resolve_checkpoint=str, resolve_vae=str)
+    options = store.validated({"token_merging_ratio": 0.5, "token_merging_ratio_img2img": 0.3})
+    assert request_fields(options)["token_merging_ratio"] == 0.5  # txt2img keeps the general ratio
+    assert request_fields(options, img2img=True)["token_merging_ratio"] == 0.3
+    unset = store.validated({"token_merging_ratio": 0.5, "token_merging_ratio_img2img": 0})
+    assert request_fields(unset, img2img=True)["token_merging_ratio"] == 0.5  # 0: the general one
+    with pytest.raises(UserError) as caught:
+        store.validated({"token_merging_ratio_img2img": 1.5})
+    assert caught.value.field == "token_merging_ratio_img2img"
+
+
 def test_options_cli_flags_and_bad_values(tmp_path):
     store = OptionsStore(tmp_path / "options.json", resolve_checkpoint=str, resolve_vae=str)
     checked = store.validated({"token_merging_ratio": 0.5, "token_merging_ratio_hr": 0})

@@ -152,7 +152,11 @@ def generation_fields(
     """The job's fully resolved request: options < override_settings < the body's own fields <
     `forced` (what a script sets)."""
     overrides = state.options.validated(body.override_settings)
-    base = {**request_fields(state.options.snapshot()), **request_fields(overrides)}
+    img2img = issubclass(kind, Img2ImgRequest)
+    base = {
+        **request_fields(state.options.snapshot(), img2img=img2img),
+        **request_fields(overrides, img2img=img2img),
+    }
     own = body.model_dump(include=set(kind.model_fields) & body.model_fields_set)
     if "sampler_name" not in own and body.sampler_index:
         own["sampler_name"] = body.sampler_index

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "s_min_uncond_all": False,
     "token_merging_ratio": 0.0,
     "token_merging_ratio_hr": 0.0,
+    "token_merging_ratio_img2img": 0.0,  # img2img's own ratio when not 0 (A1111's rule)
     "deepcache_interval": 0,
     "sd_vae_decode_method": "Full",
     "sd_checkpoint_hash": None,
@@ -118,6 +119,7 @@ class OptionsStore:
             "s_min_uncond_all": _boolean("s_min_uncond_all"),
             "token_merging_ratio": _ratio("token_merging_ratio"),
             "token_merging_ratio_hr": _ratio("token_merging_ratio_hr"),
+            "token_merging_ratio_img2img": _ratio("token_merging_ratio_img2img"),
             "deepcache_interval": _interval("deepcache_interval"),
             "samples_format": _choice("samples_format", ("png",)),
             "emphasis": _choice("emphasis", ("Original", "No norm", "None")),
@@ -183,9 +185,12 @@ OPTION_FIELDS = {
 }
 
 
-def request_fields(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The GenerationRequest fields the given options decide (only those present and set)."""
+def request_fields(options: Mapping[str, Any], *, img2img: bool = False) -> dict[str, Any]:
+    """The GenerationRequest fields the given options decide (only those present and set). For an
+    img2img job, a non-zero `token_merging_ratio_img2img` is its token merging ratio (as in A1111)."""
     fields = {field: options[key] for key, field in OPTION_FIELDS.items() if options.get(key) is not None}
+    if img2img and options.get("token_merging_ratio_img2img"):
+        fields["token_merging_ratio"] = options["token_merging_ratio_img2img"]
     if fields.get("vae") == "Automatic":
         del fields["vae"]
     return fields

@@ -849,6 +849,7 @@ const OPTIMIZATIONS = [
   { name: "s_min_uncond_all", label: "Negative Guidance minimum sigma all steps", type: "checkbox" },
   { name: "token_merging_ratio", label: "Token merging ratio (0: off)", type: "number", min: 0, max: 0.9, step: 0.1 },
   { name: "token_merging_ratio_hr", label: "Token merging ratio for high-res pass (0: same)", type: "number", min: 0, max: 0.9, step: 0.1 },
+  { name: "token_merging_ratio_img2img", label: "Token merging ratio for img2img (0: same)", type: "number", min: 0, max: 0.9, step: 0.1 },
   { name: "deepcache_interval", label: "DeepCache interval (full UNet every N steps; 0/1: off)", type: "number", min: 0, max: 10, step: 1 },
   { name: "sd_vae_decode_method", label: "VAE type for decode", type: "select", choices: ["Full", "TAESD"] },
   { name: "pad_cond_uncond", label: "Pad prompt/negative prompt", type: "checkbox" },
