@@ -22,6 +22,7 @@ import itertools
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from checkpoints import MODELS, SDXL
@@ -318,6 +319,48 @@ def role_approximations(steps: int, size: int, approximations: dict[str, dict[st
     }
 
 
+def role_compiled(steps: int, size: int, cache_dir: str, images: int, eager_first: bool) -> dict[str, Any]:
+    """txt2img as `sfumato serve --compile` runs it: the UNet through torch.compile with freezing. The
+    first compiled image pays the compile; later ones are a warm server's per-image time. With
+    `eager_first`, one eager image first: the same process's exact reference (time and PSNR).
+    `cache_dir`: inductor's cache (a cold compile when empty, a cached one when a run filled it).
+    UNet calls are timed by step callbacks: hooks on the UNet would break its graph."""
+    from sfumato.models.compiled_unet import CompiledUNet
+    from sfumato.tasks.common import RunControl
+
+    model, load_s = load_ours("txt2img")
+    request = ours_request("txt2img", steps, size, 0, {})
+
+    def timed() -> tuple[Any, dict[str, Any]]:
+        marks: list[float] = []
+        control = RunControl(on_step=lambda progress: marks.append(time.perf_counter()))
+        start = time.perf_counter()
+        image = run_ours(model, "txt2img", request, control)
+        intervals = [b - a for a, b in itertools.pairwise(marks)]
+        return image, {
+            "image_s": time.perf_counter() - start,
+            "step_interval_s": [round(t, 3) for t in intervals],
+        }
+
+    out: dict[str, Any] = {"load_s": load_s}
+    eager_image = None
+    if eager_first:
+        eager_image, out["eager"] = timed()
+    model.compiled = CompiledUNet(model.unet, Path(cache_dir))  # NCHW, as the server on this CPU
+    runs = [timed() for _ in range(images)]
+    out["compile_s"] = model.compiled.compile_seconds
+    out["first_image_s"] = runs[0][1]["image_s"]
+    out["runs"] = [run for _, run in runs]
+    if len(runs) > 1:
+        out["warm_image_s"] = statistics.median(run["image_s"] for _, run in runs[1:])
+        out["warm_step_interval_min_s"] = min(min(run["step_interval_s"]) for _, run in runs[1:])
+    if eager_image is not None:
+        value = psnr(runs[-1][0], eager_image)
+        out["psnr_vs_eager_db"] = None if value == float("inf") else round(value, 2)  # None: identical
+    out["peak_rss_gib"] = peak_rss_gib()
+    return out
+
+
 def main(argv: list[str]) -> None:
     role, scenario = argv[0], argv[1]
     steps, size, hires_steps = int(argv[2]), int(argv[3]), int(argv[4])
@@ -325,6 +368,8 @@ def main(argv: list[str]) -> None:
         result = role_ours(scenario, steps, size, hires_steps, low_memory=role == "ours-low-memory")
     elif role == "diffusers":
         result = role_diffusers(scenario, steps, size, hires_steps)
+    elif role == "compiled":
+        result = role_compiled(steps, size, argv[5], int(argv[6]), argv[7] == "eager-first")
     else:
         result = role_approximations(steps, size, json.loads(argv[5]))
     print(json.dumps(result))

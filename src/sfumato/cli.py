@@ -282,6 +282,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--device")
     serve.add_argument("--dtype")
     _add_low_memory(serve)
+    serve.add_argument(
+        "--compile",
+        action="store_const",
+        const=True,
+        help="run the UNet through torch.compile (with freezing): each new image size first compiles "
+        "for a minute or more, then every image is faster; the compile cache is kept in the data dir",
+    )
     _add_common(serve)
     serve.set_defaults(handler=cmd_serve)
 
@@ -427,7 +434,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ui_auth=parse_credentials(args.ui_auth, "--ui-auth"),
         cors_allow_origins=tuple(o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()),
     )
-    app = create_app(_settings(args, **_compute(args)), options)
+    app = create_app(_settings(args, **_compute(args), torch_compile=args.compile), options)
     print(f"sfumato: serving on http://{options.host}:{options.port} (API docs at /docs)", file=sys.stderr)
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
     return 0

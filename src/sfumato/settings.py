@@ -52,6 +52,8 @@ class Settings(BaseModel):
     low_memory: bool = False
     # UNet/VAE memory layout; None: measured default per device and dtype (sfumato.models.memory_format)
     channels_last: bool | None = None
+    # the UNet through torch.compile with freezing, for servers (sfumato.models.compiled_unet)
+    torch_compile: bool = False
 
     @property
     def outputs(self) -> Path:
@@ -61,6 +63,11 @@ class Settings(BaseModel):
     def cache_dir(self) -> Path:
         """sfumato's own files in the data dir (the hash cache)."""
         return self.data_dir / ".sfumato"
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        """torch.compile's (inductor's) cache, kept between runs so later compiles are quicker."""
+        return self.cache_dir / "torch-compile"
 
     @property
     def hash_cache_file(self) -> Path:

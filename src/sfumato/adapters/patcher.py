@@ -90,6 +90,16 @@ class NetworkPatcher:
             self._index = build_index(self.model)
         return self._index
 
+    @property
+    def active(self) -> tuple[NetworkUse, ...]:
+        """The networks on the model now, in order: what its weights are (compiled graphs key on it)."""
+        return self._active
+
+    @property
+    def hooks_unet(self) -> bool:
+        """Whether hypernetwork hooks are on the UNet (a compiled UNet would not run them)."""
+        return bool(self._hooks)
+
     def activate(self, calls: list[ExtraNetworkCall]) -> Activation:
         """Put on exactly the networks `calls` name (the kinds in `self.kinds`; other tags are left
         to their own handlers), taking off any others."""

@@ -65,6 +65,7 @@ class LoadedModel:
     vae_path: Path | None = None
     networks: Any = None  # the adapters.patcher.NetworkPatcher the ModelManager attaches
     taesd: Any = None  # the TAESD decoder (diffusers AutoencoderTiny), attached for jobs that decode with it
+    compiled: Any = None  # the models.compiled_unet.CompiledUNet the ModelManager attaches (torch_compile)
 
     @property
     def latent_channels(self) -> int:

@@ -27,6 +27,7 @@ from sfumato.settings import Settings
 
 if TYPE_CHECKING:
     from sfumato.adapters.patcher import NetworkPatcher
+    from sfumato.models.compiled_unet import CompiledUNet
 
 VAE_SIDE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
 TITLE_HASH = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,10})\]$")
@@ -237,8 +238,24 @@ class ModelManager:
             loaded.vae = load_vae_file(vae_file, loaded.family, **compute)
             loaded.vae_path = vae_file
         loaded.networks = self._network_patcher(loaded)
+        loaded.compiled = self._compiled_unet(loaded)
         self._loaded, self._loaded_key = loaded, key
         return loaded
+
+    def _compiled_unet(self, loaded: LoadedModel) -> CompiledUNet | None:
+        if not self.settings.torch_compile:
+            return None
+        if self.settings.low_memory:
+            print(
+                "sfumato: torch_compile is off in low-memory mode (its weights are upcast by hooks)",
+                file=sys.stderr,
+            )
+            return None
+        from sfumato.models.compiled_unet import CompiledUNet
+        from sfumato.models.memory_format import wants_channels_last
+
+        channels_last = wants_channels_last(self.device, self.dtype, self.settings.channels_last)
+        return CompiledUNet(loaded.unet, self.settings.compile_cache_dir, channels_last=channels_last)
 
     def _network_patcher(self, loaded: LoadedModel) -> NetworkPatcher:
         """LoRA/LyCORIS and hypernetworks from the prompt's tags, looked up in this manager's folders."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -44,10 +45,18 @@ class UNetExtras:
 
 
 class ModelDenoiser:
-    """eps/v-prediction UNet -> x0 prediction in sigma space."""
+    """eps/v-prediction UNet -> x0 prediction in sigma space. `forward`, when given, is called in the
+    UNet's place (its compiled forward, `sfumato.models.compiled_unet`)."""
 
-    def __init__(self, unet: torch.nn.Module, schedule: DiscreteSchedule, prediction: str) -> None:
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        schedule: DiscreteSchedule,
+        prediction: str,
+        forward: Callable[..., Any] | None = None,
+    ) -> None:
         self.unet = unet
+        self.forward = forward or unet
         self.schedule = schedule
         self.prediction = prediction
 
@@ -64,7 +73,7 @@ class ModelDenoiser:
         model_input = x * c_in
         if extras.c_concat is not None:
             model_input = torch.cat([model_input, extras.c_concat.to(x.dtype)], dim=1)
-        out = self.unet(
+        out = self.forward(
             model_input.to(dtype),
             timestep,
             encoder_hidden_states=cond.cross.to(dtype),

@@ -37,6 +37,19 @@ def sdxl_time_ids(width: int, height: int, batch: int) -> torch.Tensor:
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(batch, 1)
 
 
+def compiled_forward(model: LoadedModel, *, exact: bool) -> Callable[..., torch.Tensor] | None:
+    """The UNet's compiled forward when the model has one and nothing hooks or patches the UNet for
+    this run (`exact`: no token merging or DeepCache; no hypernetwork on); else None (eager)."""
+    if model.compiled is None:
+        return None
+    networks = model.networks
+    if networks is None:
+        return model.compiled.call_for((), exact=exact)
+    # what the UNet's weights are: a text-encoder-only network leaves the compiled graph valid
+    unet_weights = tuple((use.path, use.unet) for use in networks.active if use.unet)
+    return model.compiled.call_for(unet_weights, exact=exact and not networks.hooks_unet)
+
+
 def make_noise_sampler(
     sampler: SamplerInfo, rng: ImageRNG, x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int]
 ) -> NoiseSampler:
@@ -112,8 +125,14 @@ def sample_latents(
         else None,
         None if image is None else image.c_concat.to(device),
     )
-    unet_call = ModelDenoiser(model.unet, DiscreteSchedule(model.alphas_cumprod), model.prediction)
     interval = request.deepcache_interval
+    ratio = merging_ratio(request, hires=hires)
+    unet_call = ModelDenoiser(
+        model.unet,
+        DiscreteSchedule(model.alphas_cumprod),
+        model.prediction,
+        compiled_forward(model, exact=interval <= 1 and not ratio),
+    )
     deep_cache = DeepCache(unet_call, model.unet, interval, sigmas) if interval > 1 else None
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = GuidedDenoiser(
         deep_cache or unet_call,
@@ -144,7 +163,7 @@ def sample_latents(
     try:
         with (
             torch.no_grad(),
-            token_merging(model.unet, merging_ratio(request, hires=hires)),
+            token_merging(model.unet, ratio),
             deep_cache or nullcontext(),
         ):
             out = sampler(
