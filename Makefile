@@ -9,7 +9,7 @@ PROMPT ?= a red circle in the center on a white background
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser run test lint
+.PHONY: setup browser compiler run test lint
 
 $(BIN)/sfumato: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ browser:
 	test -x $(CHROMIUM) || $(SUDO) apt-get install -y -q chromium || \
 		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
-test: setup browser
+# torch.compile's CPU backend (inductor) builds its kernels with a C++ compiler (tests/test_compiled_unet.py).
+compiler:
+	command -v g++ >/dev/null || $(SUDO) apt-get install -y -q g++ || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q g++)
+
+test: setup browser compiler
 	$(BIN)/python -m pytest
 
 lint: setup
