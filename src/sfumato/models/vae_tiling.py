@@ -31,8 +31,7 @@ def decode_bytes(vae: AutoencoderKL, latents: torch.Tensor) -> int:
     batch, _, height, width = latents.shape
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     widest = vae.config.block_out_channels[min(1, len(vae.config.block_out_channels) - 1)]
-    element = torch.empty((), dtype=latents.dtype).element_size()
-    return int(PEAK_ACTIVATIONS * batch * widest * height * scale * width * scale * element)
+    return int(PEAK_ACTIVATIONS * batch * widest * height * scale * width * scale * latents.element_size())
 
 
 def free_bytes(device: torch.device) -> int:
