@@ -15,6 +15,7 @@ from sfumato.data.shapes import (
     POSITIONS,
     SHAPES,
     SIZES,
+    UNNAMED_LABEL,
     dataset_labels,
     random_scene,
     scene_labels,
@@ -75,3 +76,26 @@ def test_labels_must_cover_every_head() -> None:
     components = build_components("sd1", seed=0)
     with pytest.raises(ValueError, match="labels must be"):
         CaptionLabelObjective(components.text_encoder, components.tokenizer, torch.zeros(4, 3), LABEL_CLASSES)
+
+
+def test_unnamed_attributes_are_ignored() -> None:
+    """A caption that leaves the size and cell out gives those heads no target: their labels are
+    ignored by the loss (the same loss whatever the head predicts) and left out of the accuracy."""
+    scene = random_scene(random.Random(5), p_two=0.0)
+    full, vague = scene_labels(scene), scene_labels(scene, ("size", "cell"))
+    ignored = [name for name, a, b in zip(LABEL_NAMES, full, vague, strict=True) if a != b]
+    assert ignored == ["1.size", "1.cell"] and vague[LABEL_NAMES.index("1.size")] == UNNAMED_LABEL
+    components = build_components("sd1", seed=0)
+    labels = torch.tensor([vague, full])
+    objective = CaptionLabelObjective(components.text_encoder, components.tokenizer, labels, LABEL_CLASSES)
+    batch = {"item_indices": torch.tensor([0]), "captions": ["a red circle on a white background"]}
+    before = objective.loss(batch, None)  # type: ignore[arg-type]
+    size_head = objective.heads[LABEL_NAMES.index("1.size")]
+    with torch.no_grad():
+        size_head.bias.add_(torch.tensor([50.0, -50.0, 0.0, 0.0]))
+    assert torch.isfinite(before) and objective.loss(batch, None) == before  # type: ignore[arg-type]
+    full_batch = {"item_indices": torch.tensor([1]), "captions": ["a red circle on a white background"]}
+    assert objective.loss(full_batch, None) != before  # type: ignore[arg-type]
+    accuracy = objective.accuracy(["x", "y"], torch.tensor([vague, vague]))
+    size_accuracy = accuracy[LABEL_NAMES.index("1.size")]
+    assert size_accuracy != size_accuracy  # NaN: no named size to score

@@ -33,7 +33,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -334,14 +334,38 @@ _TERSE_FRAMES = (
 )
 
 
-def _object_phrase(template: str, obj: ObjectSpec) -> str:
-    return template.format(
-        size=obj.size,
-        colour=obj.colour,
-        shape=obj.shape,
-        at=_where(obj.cell, "at"),
-        bare=_where(obj.cell, "bare"),
-        **{"in": _where(obj.cell, "in")},
+# Prompts as people write them often leave the size or the position out ("a red circle on a white
+# background"). Captions that never did taught the first models to swap the object's and the
+# background's colours on such prompts; this share of captions leaves out the size, the position or
+# both (of every object), so the model learns to choose them itself.
+UNDERSPECIFIED_FRACTION = 0.2
+UNNAMED_CHOICES: tuple[tuple[str, ...], ...] = (("size",), ("cell",), ("size", "cell"))
+
+
+class Caption(NamedTuple):
+    text: str
+    unnamed: tuple[str, ...]  # the attributes ("size", "cell") the text leaves out, for every object
+
+
+def _tidy(phrase: str) -> str:
+    """Drop the gaps an omitted attribute leaves: doubled spaces, empty comma slots, a bare ": "."""
+    parts = (" ".join(part.split()) for part in phrase.split(","))
+    return ", ".join(part for part in parts if part).removeprefix(": ")
+
+
+def _object_phrase(template: str, obj: ObjectSpec, unnamed: tuple[str, ...] = ()) -> str:
+    def where(style: str) -> str:
+        return "" if "cell" in unnamed else _where(obj.cell, style)
+
+    return _tidy(
+        template.format(
+            size="" if "size" in unnamed else obj.size,
+            colour=obj.colour,
+            shape=obj.shape,
+            at=where("at"),
+            bare=where("bare"),
+            **{"in": where("in")},
+        )
     )
 
 
@@ -350,17 +374,24 @@ def _articles(text: str) -> str:
     return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
 
-def caption(scene: Scene, rng: random.Random | int) -> str:
-    """A caption in one of several wordings; always names every attribute of every object and the background."""
+def describe(scene: Scene, rng: random.Random | int) -> Caption:
+    """A caption in one of several wordings. It always names the background and every object's colour
+    and shape; `UNDERSPECIFIED_FRACTION` of captions leave out sizes, positions or both."""
     rng = _rng(rng)
+    unnamed = rng.choice(UNNAMED_CHOICES) if rng.random() < UNDERSPECIFIED_FRACTION else ()
     if rng.random() < 0.6:
         template, frame = rng.choice(_NATURAL_OBJECTS), rng.choice(_NATURAL_FRAMES)
         joiner = rng.choice((" and ", ", "))
     else:
         template, frame = rng.choice(_TERSE_OBJECTS), rng.choice(_TERSE_FRAMES)
         joiner = rng.choice((" and ", "; "))
-    objects = joiner.join(_object_phrase(template, obj) for obj in scene.objects)
-    return _articles(frame.format(objects=objects, background=scene.background))
+    objects = joiner.join(_object_phrase(template, obj, unnamed) for obj in scene.objects)
+    return Caption(_articles(frame.format(objects=objects, background=scene.background)), unnamed)
+
+
+def caption(scene: Scene, rng: random.Random | int) -> str:
+    """`describe`'s text."""
+    return describe(scene, rng).text
 
 
 def canonical_caption(scene: Scene) -> str:
@@ -386,7 +417,8 @@ def write_dataset(
 ) -> Path:
     """Write `count` images with captions in kohya's `{repeats}_{name}` folder; returns that folder.
 
-    `metadata.jsonl` in the same folder has one line per image: file, caption and ground-truth scene.
+    `metadata.jsonl` in the same folder has one line per image: file, caption, ground-truth scene and
+    the attributes the caption leaves unnamed.
     Image `i` depends only on (`seed`, `i`), so files are byte-identical across runs and dataset sizes.
     """
     target = Path(folder) / f"{repeats}_{name}"
@@ -395,11 +427,12 @@ def write_dataset(
     for i in range(count):
         rng = train_rng(seed, i)
         scene = random_scene(rng)
-        text = caption(scene, rng)
+        text, unnamed = describe(scene, rng)
         stem = f"{i:06d}"
         render(scene, size).save(target / f"{stem}.png", optimize=False, compress_level=6)
         (target / f"{stem}{caption_ext}").write_text(text, encoding="utf-8")
-        lines.append(json.dumps({"file": f"{stem}.png", "caption": text, "scene": scene.to_dict()}))
+        record = {"file": f"{stem}.png", "caption": text, "scene": scene.to_dict(), "unnamed": list(unnamed)}
+        lines.append(json.dumps(record))
     (target / "metadata.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return target
 
@@ -429,6 +462,7 @@ LABEL_NAMES: tuple[str, ...] = (
     "count",
     *(f"{slot}.{attribute}" for slot in (1, 2) for attribute in _SLOT_ATTRIBUTES),
 )
+UNNAMED_LABEL = -100  # `training.text_pretrain.IGNORED_LABEL`, torch's default ignore_index
 LABEL_CLASSES: tuple[int, ...] = (len(COLOURS), 2) + (
     len(SHAPES) + 1,
     len(COLOURS) + 1,
@@ -437,8 +471,11 @@ LABEL_CLASSES: tuple[int, ...] = (len(COLOURS), 2) + (
 ) * 2
 
 
-def scene_labels(scene: Scene) -> list[int]:
-    """The scene's ground truth as class indices (`LABEL_NAMES` columns), for text-encoder pretraining."""
+def scene_labels(scene: Scene, unnamed: Sequence[str] = ()) -> list[int]:
+    """The scene's ground truth as class indices (`LABEL_NAMES` columns), for text-encoder pretraining.
+
+    An attribute in `unnamed` is one the caption does not name: its columns hold `UNNAMED_LABEL`, which
+    the cross-entropy ignores (the text cannot tell it)."""
     labels = [list(COLOURS).index(scene.background), len(scene.objects) - 1]
     for slot in range(2):
         if slot < len(scene.objects):
@@ -446,8 +483,8 @@ def scene_labels(scene: Scene) -> list[int]:
             labels += [
                 SHAPES.index(obj.shape),
                 list(COLOURS).index(obj.colour),
-                list(SIZES).index(obj.size),
-                POSITIONS.index(obj.cell),
+                UNNAMED_LABEL if "size" in unnamed else list(SIZES).index(obj.size),
+                UNNAMED_LABEL if "cell" in unnamed else POSITIONS.index(obj.cell),
             ]
         else:
             labels += [len(SHAPES), len(COLOURS), len(SIZES), len(POSITIONS)]
@@ -460,5 +497,6 @@ def dataset_labels(images: Sequence[Path]) -> list[list[int]]:
     for folder in {Path(image).parent for image in images}:
         for line in (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
-            by_path[folder / record["file"]] = scene_labels(Scene.from_dict(record["scene"]))
+            scene = Scene.from_dict(record["scene"])
+            by_path[folder / record["file"]] = scene_labels(scene, record.get("unnamed", ()))
     return [by_path[Path(image)] for image in images]

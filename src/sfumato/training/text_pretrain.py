@@ -13,7 +13,8 @@ labelled attribute (cross-entropy, one head per attribute), so every attribute i
 from the states the UNet's cross-attention reads. The heads are thrown away afterwards.
 
 Batches are `KohyaDataset` dicts; `labels[i]` holds the class indices of dataset item `i` (row order
-of `dataset.items`), one column per head.
+of `dataset.items`), one column per head. A label of `IGNORED_LABEL` (-100, torch's ignore_index) marks
+an attribute the caption does not name: it adds no loss and is left out of the accuracy.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from sfumato.training.objectives import caption_ids, load_prefixed_state_dict, prefixed_state_dict
 from sfumato.training.trainer import StepContext
+
+IGNORED_LABEL = -100
+
+
+def _named_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over the named targets; zero (not NaN, as torch gives) when none is named."""
+    named = targets != IGNORED_LABEL
+    if not bool(named.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[named], targets[named])
 
 
 class CaptionLabelObjective:
@@ -74,12 +85,13 @@ class CaptionLabelObjective:
         logits = self.logits(list(batch["captions"]))  # type: ignore[arg-type]
         device = logits[0].device
         return sum(
-            (F.cross_entropy(head.float(), targets[:, i].to(device)) for i, head in enumerate(logits)),
+            (_named_cross_entropy(head.float(), targets[:, i].to(device)) for i, head in enumerate(logits)),
             start=torch.zeros((), device=device),
         )
 
     @torch.no_grad()
     def accuracy(self, captions: list[str], labels: Tensor) -> list[float]:
-        """Per-head accuracy on `captions` with true `labels` (B, heads)."""
+        """Per-head accuracy on `captions` with true `labels` (B, heads), over the labels not ignored."""
         predicted = [head.argmax(dim=1).cpu() for head in self.logits(captions)]
-        return [float((p == labels[:, i]).float().mean()) for i, p in enumerate(predicted)]
+        named = labels != IGNORED_LABEL
+        return [float((p == labels[:, i])[named[:, i]].float().mean()) for i, p in enumerate(predicted)]
