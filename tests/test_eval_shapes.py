@@ -45,11 +45,14 @@ def test_eval_cli_scores_a_checkpoint(data_dir, capsys):
 
     from sfumato.cli import main
 
-    assert main(["eval", "shapes", "--data-dir", str(data_dir), "--count", "2", "--steps", "1"]) == 0
+    assert main(["eval", "shapes", "--data-dir", str(data_dir), "--count", "4", "--steps", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["images"] == 3 and report["model"] == "tiny-sd1"
+    assert report["images"] == 6 and report["model"] == "tiny-sd1"
     for key in ("colour", "shape", "position", "count", "two_object_both_right"):
         assert 0.0 <= report[key] <= 1.0
+    # one of the one-object scenes again, prompted without size or position: scored on the rest
+    short = report["short_prompts"]
+    assert set(short) == {"images", "colour", "shape", "background", "count"} and short["images"] == 1
 
 
 def test_eval_cli_applies_request_fields_to_every_image(data_dir, capsys):

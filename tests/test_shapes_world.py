@@ -206,6 +206,15 @@ def test_canonical_caption_wording() -> None:
     assert canonical_caption(Scene("orange", scene.objects[:1])) == (
         "a large green star on the left on an orange background"
     )
+    assert (
+        canonical_caption(scene, ("size", "cell")) == "a green star and an orange ring on a white background"
+    )
+    assert canonical_caption(scene, ("size",)) == (
+        "a green star on the left and an orange ring at the bottom right on a white background"
+    )
+    short = eval_prompts(3, seed=0, two_objects=False, unnamed=("cell",))
+    assert [scene for _, scene in short] == [scene for _, scene in eval_prompts(3, seed=0, two_objects=False)]
+    assert all(text == canonical_caption(scene, ("cell",)) for text, scene in short)
 
 
 def test_whole_vocabulary_occurs_in_2000_scenes() -> None:

@@ -394,9 +394,10 @@ def caption(scene: Scene, rng: random.Random | int) -> str:
     return describe(scene, rng).text
 
 
-def canonical_caption(scene: Scene) -> str:
-    """The one fixed wording the evaluator prompts with (also one of `caption`'s wordings)."""
-    objects = " and ".join(_object_phrase(_NATURAL_OBJECTS[0], obj) for obj in scene.objects)
+def canonical_caption(scene: Scene, unnamed: Sequence[str] = ()) -> str:
+    """The one fixed wording the evaluator prompts with (also one of `caption`'s wordings), leaving out
+    the `unnamed` attributes ("size", "cell") as `describe` does."""
+    objects = " and ".join(_object_phrase(_NATURAL_OBJECTS[0], obj, tuple(unnamed)) for obj in scene.objects)
     return _articles(_NATURAL_FRAMES[0].format(objects=objects, background=scene.background))
 
 
@@ -437,8 +438,11 @@ def write_dataset(
     return target
 
 
-def eval_prompts(count: int, *, seed: int, two_objects: bool) -> list[tuple[str, Scene]]:
-    """`count` distinct held-out scenes with their canonical captions (never seen in training)."""
+def eval_prompts(
+    count: int, *, seed: int, two_objects: bool, unnamed: Sequence[str] = ()
+) -> list[tuple[str, Scene]]:
+    """`count` distinct held-out scenes with their canonical captions (never seen in training); with
+    `unnamed`, the same scenes' captions without those attributes."""
     results: list[tuple[str, Scene]] = []
     if count <= 0:
         return results
@@ -448,7 +452,7 @@ def eval_prompts(count: int, *, seed: int, two_objects: bool) -> list[tuple[str,
         scene = random_scene(rng, max_objects=2, p_two=1.0 if two_objects else 0.0, split="eval")
         if scene_key(scene) not in seen:
             seen.add(scene_key(scene))
-            results.append((canonical_caption(scene), scene))
+            results.append((canonical_caption(scene, unnamed), scene))
             if len(results) == count:
                 return results
     raise ValueError(f"only {len(results)} distinct held-out scenes found, {count} asked for")

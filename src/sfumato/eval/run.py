@@ -31,7 +31,10 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Generate `count` one-object and `count // 2` two-object held-out prompts at the model's native
     size and score them with the independent checker. `fields` are extra request fields for every
-    image (an approximation's, say), validated before the first image and named in the report."""
+    image (an approximation's, say), validated before the first image and named in the report.
+
+    `short_prompts` scores `count // 4` of the one-object scenes again, prompted as people often write
+    ("a red circle on a white background": no size, no position), on what those prompts ask for."""
     fields = dict(fields or {})
     known = set(GenerationRequest.model_fields) - {"prompt", "seed", "steps", "sampler_name", "cfg_scale"}
     if unknown := sorted(set(fields) - known):
@@ -41,8 +44,11 @@ def evaluate_checkpoint(
     loaded = manager.load(model)
     prompts = eval_prompts(count, seed=seed, two_objects=False)
     prompts += eval_prompts(count // 2, seed=seed, two_objects=True)
+    short = eval_prompts(count // 4, seed=seed, two_objects=False, unnamed=("size", "cell"))
     verdicts, seconds = [], []
-    for index, (text, scene) in enumerate(tqdm(prompts, desc="eval shapes", unit="image", leave=False)):
+    for index, (text, scene) in enumerate(
+        tqdm(prompts + short, desc="eval shapes", unit="image", leave=False)
+    ):
         request = build_request(
             prompt=text, seed=seed + index, steps=steps, sampler_name=sampler, cfg_scale=cfg_scale, **fields
         )
@@ -50,7 +56,11 @@ def evaluate_checkpoint(
         image: Image.Image = generate(loaded, request).images[0].image
         seconds.append(time.perf_counter() - start)
         verdicts.append((scene, check_image(image, scene)))
-    report: dict[str, Any] = summarise(verdicts)
+    report: dict[str, Any] = summarise(verdicts[: len(prompts)])
+    short_report = summarise(verdicts[len(prompts) :])
+    report["short_prompts"] = {
+        key: short_report[key] for key in ("images", "colour", "shape", "background", "count")
+    }
     report.update(
         model=loaded.name,
         native_size=list(loaded.native_size),

@@ -122,12 +122,13 @@ def encode_pixels(model: LoadedModel, pixels: torch.Tensor, *, scaled: bool = Tr
     """VAE-encode (B, 3, H, W) pixels in [-1, 1] to the posterior mean, times the scaling factor when
     `scaled` (the UNet's latent space; pix2pix conditions on the unscaled mean).
 
+    Each image is encoded whole unless it does not fit (`sfumato.models.vae_tiling`).
     The mean, not a sample: A1111 samples the posterior from the global RNG, which makes img2img
     differ run to run by the posterior's spread; the mean keeps img2img a function of its seed.
     """
     with vae_dtype(model) as dtype:
         moments = [
-            model.vae.encode(one.to(model.device, dtype)).latent_dist.mean.float() for one in pixels.split(1)
+            vae_tiling.encode(model.vae, one.to(model.device, dtype)).mean.float() for one in pixels.split(1)
         ]
     latents = torch.cat(moments)
     return latents * model.vae.config.scaling_factor if scaled else latents
