@@ -19,6 +19,9 @@ def test_ground_truth_renders_score_perfectly(two_objects):
         report["shape"] >= 0.97
     )  # nearest-centroid on renderer features; the misses are small stars/crosses
     assert report["background"] == 1.0
+    by_shape, by_size = report["shape_by_shape"], report["shape_by_size"]
+    assert set(by_shape) == set(SHAPES) and set(by_size) == {"small", "medium", "large"}
+    assert min(by_shape.values()) >= 0.8 and by_size["large"] == 1.0
 
 
 def test_wrong_images_are_caught():
@@ -68,3 +71,16 @@ def test_eval_cli_applies_request_fields_to_every_image(data_dir, capsys):
     assert "no_such_field" in capsys.readouterr().err
     assert main([*base, "--set", "s_min_uncond=fast"]) == 2
     assert "s_min_uncond" in capsys.readouterr().err
+
+
+def test_eval_cli_scores_the_vae_round_trip(data_dir, capsys):
+    """--reconstruct scores the model's VAE on the scenes' true images: the tiny random VAE loses them."""
+    import json
+
+    from sfumato.cli import main
+
+    base = ["eval", "shapes", "--data-dir", str(data_dir), "--count", "4", "--reconstruct"]
+    assert main(base) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reconstruct"] is True and report["images"] == 6
+    assert report["colour"] < 1.0  # a random VAE does not give the renders back

@@ -253,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--device")
     shapes.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="score the model's VAE round trip of each scene's true image (the ceiling), not generations",
+    )
+    shapes.add_argument(
         "--set",
         action="append",
         default=[],
@@ -414,6 +419,7 @@ def cmd_eval_shapes(args: argparse.Namespace) -> int:
         seed=args.seed,
         steps=args.steps,
         fields=_request_fields(args.set),
+        reconstruct=args.reconstruct,
     )
     print(json.dumps(report, indent=2))
     return 0

@@ -8,13 +8,15 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from sfumato.data.shapes import eval_prompts
+from sfumato.data.shapes import eval_prompts, render
 from sfumato.devices import pick_device, pick_dtype
 from sfumato.errors import UserError
 from sfumato.eval.shapes import check_image, summarise
+from sfumato.models.loader import LoadedModel
 from sfumato.models.registry import ModelManager
 from sfumato.request import GenerationRequest, build_request
 from sfumato.settings import Settings
+from sfumato.tasks.common import decode_latents, encode_pixels, image_to_pixels
 from sfumato.tasks.txt2img import generate
 
 
@@ -28,13 +30,17 @@ def evaluate_checkpoint(
     sampler: str = "DPM++ 2M",
     cfg_scale: float = 7.0,
     fields: dict[str, Any] | None = None,
+    reconstruct: bool = False,
 ) -> dict[str, Any]:
     """Generate `count` one-object and `count // 2` two-object held-out prompts at the model's native
     size and score them with the independent checker. `fields` are extra request fields for every
     image (an approximation's, say), validated before the first image and named in the report.
 
     `short_prompts` scores `count // 4` of the one-object scenes again, prompted as people often write
-    ("a red circle on a white background": no size, no position), on what those prompts ask for."""
+    ("a red circle on a white background": no size, no position), on what those prompts ask for.
+
+    With `reconstruct`, each image is instead the prompt's scene rendered by the world's renderer and
+    sent through the model's VAE (encode, decode): the ceiling the model's generations can reach."""
     fields = dict(fields or {})
     known = set(GenerationRequest.model_fields) - {"prompt", "seed", "steps", "sampler_name", "cfg_scale"}
     if unknown := sorted(set(fields) - known):
@@ -53,7 +59,10 @@ def evaluate_checkpoint(
             prompt=text, seed=seed + index, steps=steps, sampler_name=sampler, cfg_scale=cfg_scale, **fields
         )
         start = time.perf_counter()
-        image: Image.Image = generate(loaded, request).images[0].image
+        if reconstruct:
+            image = round_trip(loaded, render(scene, loaded.native_size[0]))
+        else:
+            image = generate(loaded, request).images[0].image
         seconds.append(time.perf_counter() - start)
         verdicts.append((scene, check_image(image, scene)))
     report: dict[str, Any] = summarise(verdicts[: len(prompts)])
@@ -68,6 +77,12 @@ def evaluate_checkpoint(
         sampler=sampler,
         cfg_scale=cfg_scale,
         fields=fields,
+        reconstruct=reconstruct,
         seconds_per_image_median=round(sorted(seconds)[len(seconds) // 2], 3),
     )
     return report
+
+
+def round_trip(model: LoadedModel, image: Image.Image) -> Image.Image:
+    """`image` encoded and decoded by the model's VAE."""
+    return decode_latents(model, encode_pixels(model, image_to_pixels(image)))[0]

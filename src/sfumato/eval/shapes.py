@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -124,13 +125,22 @@ def check_image(image: Image.Image, scene: Scene) -> ImageVerdict:
     )
 
 
-def summarise(verdicts: Sequence[tuple[Scene, ImageVerdict]]) -> dict[str, float]:
-    """Per-attribute accuracy over objects, and the share of two-object prompts entirely right."""
-    objects = [o for _, v in verdicts for o in v.objects]
+def summarise(verdicts: Sequence[tuple[Scene, ImageVerdict]]) -> dict[str, Any]:
+    """Per-attribute accuracy over objects, and the share of two-object prompts entirely right;
+    `shape_by_shape` and `shape_by_size` break shape accuracy down by what was asked for."""
+    pairs = [(spec, o) for scene, v in verdicts for spec, o in zip(scene.objects, v.objects, strict=True)]
+    objects = [o for _, o in pairs]
     two = [v for scene, v in verdicts if len(scene.objects) == 2]
 
     def share(values: list[bool]) -> float:
         return round(sum(values) / len(values), 4) if values else float("nan")
+
+    def shape_by(attribute: str) -> dict[str, float]:
+        values = sorted({getattr(spec, attribute) for spec, _ in pairs})
+        return {
+            value: share([o.shape_ok for spec, o in pairs if getattr(spec, attribute) == value])
+            for value in values
+        }
 
     return {
         "images": len(verdicts),
@@ -140,11 +150,11 @@ def summarise(verdicts: Sequence[tuple[Scene, ImageVerdict]]) -> dict[str, float
         "count": share([v.count_ok for _, v in verdicts]),
         "background": share([v.background_ok for _, v in verdicts]),
         "two_object_both_right": share([v.all_ok for v in two]),
+        "shape_by_shape": shape_by("shape"),
+        "shape_by_size": shape_by("size"),
     }
 
 
-def evaluate(
-    generate: Callable[[str], Image.Image], prompts: Sequence[tuple[str, Scene]]
-) -> dict[str, float]:
+def evaluate(generate: Callable[[str], Image.Image], prompts: Sequence[tuple[str, Scene]]) -> dict[str, Any]:
     """Generate each prompt's image and score it."""
     return summarise([(scene, check_image(generate(text), scene)) for text, scene in prompts])
