@@ -10,10 +10,10 @@ from sfumato.generation_params import infotext_params, request_fields_from_infot
 from sfumato.request import build_request
 from sfumato.sampling import SAMPLERS, SCHEDULES
 
-# A1111's format strips prompts (so do we): generate stripped ones.
+# A1111's format strips every line of the prompts (so do we): generate stripped ones.
 prompts = (
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
-    .map(str.strip)
+    .map(lambda p: "\n".join(line.strip() for line in p.split("\n")).strip())
     .filter(lambda p: not p.startswith("Negative prompt:") and "\nNegative prompt:" not in p)
 )
 
@@ -81,3 +81,12 @@ def test_request_infotext_round_trip(
     rebuilt = build_request(**request_fields_from_infotext(infotext.parse(text)))
     expected = request.model_copy(update={"subseed": subseed if strength > 0 else -1})
     assert rebuilt.model_dump() == expected.model_dump()
+
+
+def test_prompt_line_breaks_are_one_form():
+    """CRLF in prompts becomes LF, so the infotext (LF-separated lines) gives the request back; a lone
+    CR inside a line stays (the infotext keeps it)."""
+    request = build_request(prompt="a\r\nb\rc", negative_prompt="0\r\n0", hr_prompt="x\r\ny")
+    assert (request.prompt, request.negative_prompt, request.hr_prompt) == ("a\nb\rc", "0\n0", "x\ny")
+    text = infotext.format(request.prompt, request.negative_prompt, {"Steps": 20, "Sampler": "Euler", "Seed": 1})
+    assert infotext.parse(text)["Negative prompt"] == "0\n0" and infotext.parse(text)["Prompt"] == "a\nb\rc"

@@ -67,6 +67,14 @@ class GenerationRequest(BaseModel):
     hr_prompt: str = ""  # "": the first pass's prompt
     hr_negative_prompt: str = ""
 
+    @field_validator("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+    @classmethod
+    def _newlines(cls, value: str) -> str:
+        """Windows line breaks (CRLF, from a pasted prompt) as "\n": the infotext is "\n"-separated
+        lines, each stripped when read (as A1111 does), which would drop the "\r"; to the CLIP
+        tokenizer "\r" is whitespace, so the conditioning is the same and the PNG gives the request back."""
+        return value.replace("\r\n", "\n")
+
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_8(cls, value: int | None) -> int | None:
