@@ -65,26 +65,30 @@ def test_is_the_default_when_no_checkpoint_is_configured(tmp_path, embedded):
     assert manager.default_checkpoint() == embedded
 
 
-def _verdicts(loaded, prompts: list[tuple[str, Scene]]):
+def _scores(loaded, prompts: list[tuple[str, Scene]]) -> tuple[dict[str, int], list]:
+    """How many of `prompts` (seeds 1000 + i) got each attribute right, and the verdicts to show."""
     verdicts = []
     for index, (text, scene) in enumerate(prompts):
         request = build_request(prompt=text, seed=1000 + index)
         verdicts.append(check_image(generate(loaded, request).images[0].image, scene))
-    return verdicts
+    scores = {
+        "background": sum(v.background_ok for v in verdicts),
+        "count": sum(v.count_ok for v in verdicts),
+        **{
+            k: sum(getattr(v.objects[0], f"{k}_ok") for v in verdicts)
+            for k in ("colour", "position", "shape")
+        },
+    }
+    return scores, [(text, v) for (text, _), v in zip(prompts, verdicts, strict=True)]
 
 
 def test_held_out_prompts_get_their_background_object_colour_and_position(loaded):
     """Measured on 12 held-out prompts (seeds 1000-1011): background 12, one object 12, object colour
     12, position 12, shape 8 (crosses are its weak shape: drawn as squares). Chance is 1.2 for a
     colour, 2 for a shape and 1.3 for a position; each threshold leaves one or two verdicts of margin."""
-    prompts = eval_prompts(PROMPTS, seed=7, two_objects=False)
-    verdicts = _verdicts(loaded, prompts)
-    report = [(text, v) for (text, _), v in zip(prompts, verdicts, strict=True)]
-    assert sum(v.background_ok for v in verdicts) >= 11, report
-    assert sum(v.count_ok for v in verdicts) >= 10, report
-    assert sum(v.objects[0].colour_ok for v in verdicts) >= 10, report
-    assert sum(v.objects[0].position_ok for v in verdicts) >= 10, report
-    assert sum(v.objects[0].shape_ok for v in verdicts) >= 5, report
+    scores, report = _scores(loaded, eval_prompts(PROMPTS, seed=7, two_objects=False))
+    assert scores["background"] >= 11 and scores["count"] >= 10, report
+    assert scores["colour"] >= 10 and scores["position"] >= 10 and scores["shape"] >= 5, report
 
 
 def test_short_prompts_get_their_background_and_object_colour(loaded):
@@ -93,12 +97,9 @@ def test_short_prompts_get_their_background_and_object_colour(loaded):
     (the model before captions left attributes out: background and colour right for 1 in 8)."""
     prompts = eval_prompts(PROMPTS, seed=7, two_objects=False, unnamed=("size", "cell"))
     assert all(size not in text for text, _ in prompts for size in ("small", "medium", "large"))
-    verdicts = _verdicts(loaded, prompts)
-    report = [(text, v) for (text, _), v in zip(prompts, verdicts, strict=True)]
-    assert sum(v.background_ok for v in verdicts) >= 11, report
-    assert sum(v.count_ok for v in verdicts) >= 8, report
-    assert sum(v.objects[0].colour_ok for v in verdicts) >= 9, report
-    assert sum(v.objects[0].shape_ok for v in verdicts) >= 5, report
+    scores, report = _scores(loaded, prompts)
+    assert scores["background"] >= 11 and scores["count"] >= 8, report
+    assert scores["colour"] >= 9 and scores["shape"] >= 5, report
 
 
 def test_readme_first_command_draws_a_red_object_on_white(tmp_path, capsys):

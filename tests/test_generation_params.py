@@ -88,5 +88,7 @@ def test_prompt_line_breaks_are_one_form():
     CR inside a line stays (the infotext keeps it)."""
     request = build_request(prompt="a\r\nb\rc", negative_prompt="0\r\n0", hr_prompt="x\r\ny")
     assert (request.prompt, request.negative_prompt, request.hr_prompt) == ("a\nb\rc", "0\n0", "x\ny")
-    text = infotext.format(request.prompt, request.negative_prompt, {"Steps": 20, "Sampler": "Euler", "Seed": 1})
+    text = infotext.format(
+        request.prompt, request.negative_prompt, {"Steps": 20, "Sampler": "Euler", "Seed": 1}
+    )
     assert infotext.parse(text)["Negative prompt"] == "0\n0" and infotext.parse(text)["Prompt"] == "a\nb\rc"
