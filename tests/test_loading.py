@@ -205,6 +205,16 @@ def test_a_declared_vae_scaling_factor_is_used(tmp_path):
     assert load_single_file(path, device=CPU, dtype=torch.float32).vae.config.scaling_factor == 0.5
 
 
+def test_a_declared_vae_norm_group_count_is_used_and_a_wrong_one_refused(tmp_path):
+    """Shapes cannot tell GroupNorm's group count; models trained here declare it."""
+    path = tmp_path / "groups.safetensors"
+    write_single_file(path, "sd1", seed=0, metadata={"sfumato.vae_norm_num_groups": "4"})
+    assert load_single_file(path, device=CPU, dtype=torch.float32).vae.config.norm_num_groups == 4
+    write_single_file(path, "sd1", seed=0, metadata={"sfumato.vae_norm_num_groups": "7"})
+    with pytest.raises(ModelFileError, match="vae_norm_num_groups '7'"):
+        load_single_file(path, device=CPU, dtype=torch.float32)
+
+
 def test_the_embedded_model_is_the_default_when_no_checkpoint_is_found(tmp_path, monkeypatch, tiny_models):
     from sfumato.models import registry
 

@@ -79,6 +79,17 @@ def _float_or_none(text: str | None) -> float | None:
     return value if value and value > 0 else None
 
 
+def _declared_norm_groups(name: str, text: str, channels: list[int]) -> int:
+    """The VAE's GroupNorm group count a model trained here declares: shapes cannot tell it, and the
+    guess from them (32 where every width allows it, else 8) is wrong for a narrow VAE trained with 8."""
+    groups = int(text) if text.isdigit() else 0
+    if groups < 1 or any(c % groups for c in channels):
+        raise ModelFileError(
+            f"{name}: sfumato.vae_norm_num_groups {text!r} does not divide the VAE's widths {channels}"
+        )
+    return groups
+
+
 def read_modelspec(metadata: Mapping[str, str]) -> tuple[tuple[int, int] | None, Prediction | None]:
     """Resolution and prediction type from Stability's `modelspec.*` safetensors metadata, when present
     (our own exports write it too, which is how small custom-resolution models declare their size)."""
@@ -341,6 +352,10 @@ def detect_checkpoint(sd: Mapping[str, torch.Tensor], *, name: str = "checkpoint
         vae_config = infer_vae_config(sd, keys, VAE_PREFIX, family)
         if scaling := _float_or_none(metadata.get("sfumato.vae_scaling_factor")):
             vae_config["scaling_factor"] = scaling  # models trained here declare their latent scale
+        if groups := metadata.get("sfumato.vae_norm_num_groups"):
+            vae_config["norm_num_groups"] = _declared_norm_groups(
+                name, groups, vae_config["block_out_channels"]
+            )
     resolution, declared_prediction = read_modelspec(metadata)
     prediction: Prediction | None = "epsilon" if family in ("sd1", "sdxl") else None
     if "v_pred" in sd:  # ComfyUI's marker tensor for v-prediction checkpoints
