@@ -38,3 +38,15 @@ def pick_dtype(device: torch.device, name: str | None = None) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise UserError(f"unknown dtype {name!r} (use {', '.join(DTYPES)})", field="dtype") from None
+
+
+def bf16_autocast_helps(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds training up on `device`: GPUs with bf16 support, and CPUs with
+    native bf16 matrix units (AMX or AVX512-BF16). On other CPUs bf16 runs far slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        # Private probes, stable since torch 2.1; absent ones mean "no".
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
