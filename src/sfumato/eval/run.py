@@ -55,13 +55,18 @@ def evaluate_checkpoint(
     for index, (text, scene) in enumerate(
         tqdm(prompts + short, desc="eval shapes", unit="image", leave=False)
     ):
-        request = build_request(
-            prompt=text, seed=seed + index, steps=steps, sampler_name=sampler, cfg_scale=cfg_scale, **fields
-        )
         start = time.perf_counter()
         if reconstruct:
             image = round_trip(loaded, render(scene, loaded.native_size[0]))
         else:
+            request = build_request(
+                prompt=text,
+                seed=seed + index,
+                steps=steps,
+                sampler_name=sampler,
+                cfg_scale=cfg_scale,
+                **fields,
+            )
             image = generate(loaded, request).images[0].image
         seconds.append(time.perf_counter() - start)
         verdicts.append((scene, check_image(image, scene)))
