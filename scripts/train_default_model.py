@@ -153,12 +153,14 @@ VAE_CROP, VAE_BATCH = 32, 64
 def train_vae(vae: AutoencoderKL, data: Path, out: Path, steps: int, detail_steps: int, seed: int) -> None:
     """Two stages on object-centred crops: MSE, then L1 with the objects' pixels weighted 11×.
 
-    Measured with the checker on reconstructions of 200 held-out one-object scenes (2026-12-04): this
-    recipe (3000 + 1000 steps on crops) reads colour 1.00, shape 0.84, position 1.00; the previous one
-    (1700 + 600 steps on whole images, batch 16) read colour 0.89, shape 0.35, position 0.995: its
-    reconstructions were too blurred to tell a ring, cross or star from a disc. Crops also run faster
-    (3.8 steps/s against 2.1 at the same pixels per step: attention in the VAE's middle block is over
-    64 positions instead of 256).
+    Measured with the checker on reconstructions of held-out scenes (`sfumato eval shapes --reconstruct`,
+    200 one-object and 100 two-object): the (32, 64, 128) VAE under bf16 autocast (v8, 23.6 min) reads
+    shape 0.93, small objects 0.83, two objects 0.83; the (16, 32, 64) one in fp32 (v6, 19.7 min) read
+    0.82, 0.61 and 0.63. Earlier (2026-12-04, one-object scenes): 3000 + 1000 steps on crops read colour
+    1.00, shape 0.84, position 1.00; the one before (1700 + 600 steps on whole images, batch 16) read
+    colour 0.89, shape 0.35, position 0.995: its reconstructions were too blurred to tell a ring, cross
+    or star from a disc. Crops also run faster (3.8 steps/s against 2.1 at the same pixels per step:
+    attention in the VAE's middle block is over 64 positions instead of 256).
     """
     objective = VAEObjective(vae, reconstruction="mse", crop_size=VAE_CROP)
     _vae_stage(objective, data, out / "vae", steps, seed, warmup=50)
