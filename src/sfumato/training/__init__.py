@@ -55,10 +55,15 @@ Write an object satisfying `trainer.Objective`; the loop, data, checkpoints and 
    trainer should produce (`model.safetensors`), e.g. kohya's `lora_unet_*` keys for a LoRA or A1111's
    `string_to_param` for an embedding; the converter belongs to the objective, not to the trainer.
 
+Mixed precision: `TrainerConfig(mixed_precision="bf16")` is autocast; choose it where
+`sfumato.devices.bf16_autocast_helps(device)` says the device has bf16 matrix units. On this project's
+2-core AMX CPU it halved the default model's VAE step (0.59 -> 0.30 s) but gave its small UNet nothing
+(1.03×, `benchmarks/default_model_training.py`): measure each network before turning it on.
+
 The embedded default model (`scripts/train_default_model.py`) is the worked example: its VAE with
-`VAEObjective` (a plain stage, then a foreground-weighted one), its text encoder with
-`CaptionLabelObjective` on the renderer's ground truth, then `DiffusionObjective(...,
-train_text_encoder=True, latent_cache=...)` over the synthetic shapes dataset, all through the same
+`VAEObjective` (a plain stage, then a foreground-weighted one, under bf16 autocast), its text encoder
+with `CaptionLabelObjective` on the renderer's ground truth, then `DiffusionObjective(...,
+train_text_encoder=False, latent_cache=...)` over the synthetic shapes dataset, all through the same
 `Trainer`; checkpoints of the running UNet stage are exported and scored with `sfumato eval shapes`.
 """
 
