@@ -210,3 +210,14 @@ def test_preserved_rng_restores_global_state() -> None:
     with preserved_rng():
         torch.rand(10)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_stages_with_different_mixed_precision_run_in_one_process(colours_root: Path, tmp_path: Path) -> None:
+    """The default model's recipe trains its VAE under bf16 autocast, then fp32 stages; accelerate's
+    process-wide state refused the second Accelerator until the trainer reset it."""
+    bf16 = _trainer(colours_root, tmp_path / "bf16", max_steps=1, mixed_precision="bf16")
+    bf16.train()
+    fp32 = _trainer(colours_root, tmp_path / "fp32", max_steps=1)
+    fp32.train()
+    assert fp32.accelerator.mixed_precision == "no"
+    assert len(_log(tmp_path / "bf16")) == len(_log(tmp_path / "fp32")) == 1

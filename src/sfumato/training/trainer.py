@@ -34,6 +34,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -215,6 +216,10 @@ class Trainer:
         self.config = config
         self.on_sample = on_sample
         self.output_dir = Path(config.output_dir)
+        # accelerate keeps one process-wide state and refuses a second Accelerator with another mixed
+        # precision; a recipe that trains its stages in turn (the default model's: a bf16 VAE, then fp32
+        # networks) needs each stage's own. Only that state is reset: the distributed one is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
