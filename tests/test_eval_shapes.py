@@ -73,6 +73,29 @@ def test_eval_cli_applies_request_fields_to_every_image(data_dir, capsys):
     assert "s_min_uncond" in capsys.readouterr().err
 
 
+def test_eval_cli_overrides_cfg_scale_and_sampler(data_dir, capsys, monkeypatch):
+    """--set reaches the fields eval otherwise fixes (CFG 7, DPM++ 2M), for sweeps of a model's settings."""
+    import json
+
+    import sfumato.eval.run as run
+    from sfumato.cli import main
+
+    seen = []
+    real_generate = run.generate
+
+    def recording_generate(loaded, request):
+        seen.append((request.cfg_scale, request.sampler_name, request.steps))
+        return real_generate(loaded, request)
+
+    monkeypatch.setattr(run, "generate", recording_generate)
+    base = ["eval", "shapes", "--data-dir", str(data_dir), "--count", "1", "--steps", "2"]
+    assert main([*base, "--set", "cfg_scale=4.5", "--set", 'sampler_name="Euler a"']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fields"] == {"cfg_scale": 4.5, "sampler_name": "Euler a"}
+    assert (report["cfg_scale"], report["sampler"], report["steps"]) == (4.5, "Euler a", 2)
+    assert seen and set(seen) == {(4.5, "Euler a", 2)}
+
+
 def test_eval_cli_scores_the_vae_round_trip(data_dir, capsys):
     """--reconstruct scores the model's VAE on the scenes' true images: the tiny random VAE loses them."""
     import json

@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="a request field for every image, e.g. s_min_uncond=3 (JSON values); repeatable",
+        help="a request field for every image, e.g. s_min_uncond=3 or cfg_scale=5 (JSON values); repeatable",
     )
     _add_common(shapes)
     shapes.set_defaults(handler=cmd_eval_shapes)

@@ -33,8 +33,8 @@ def evaluate_checkpoint(
     reconstruct: bool = False,
 ) -> dict[str, Any]:
     """Generate `count` one-object and `count // 2` two-object held-out prompts at the model's native
-    size and score them with the independent checker. `fields` are extra request fields for every
-    image (an approximation's, say), validated before the first image and named in the report.
+    size and score them with the independent checker. `fields` are request fields for every
+    image (an approximation's, say, or another CFG scale or sampler), validated before the first image and named in the report.
 
     `short_prompts` scores `count // 4` of the one-object scenes again, prompted as people often write
     ("a red circle on a white background": no size, no position), on what those prompts ask for.
@@ -42,12 +42,13 @@ def evaluate_checkpoint(
     With `reconstruct`, each image is instead the prompt's scene rendered by the world's renderer and
     sent through the model's VAE (encode, decode): the ceiling the model's generations can reach."""
     fields = dict(fields or {})
-    known = set(GenerationRequest.model_fields) - {"prompt", "seed", "steps", "sampler_name", "cfg_scale"}
+    known = set(GenerationRequest.model_fields) - {"prompt", "seed"}
     if unknown := sorted(set(fields) - known):
         raise UserError(f"unknown request field {unknown[0]!r} for eval", field="set")
     device = pick_device(settings.device)
     manager = ModelManager(settings, device=device, dtype=pick_dtype(device, settings.dtype))
     loaded = manager.load(model)
+    settled = {"steps": steps, "sampler_name": sampler, "cfg_scale": cfg_scale} | fields
     prompts = eval_prompts(count, seed=seed, two_objects=False)
     prompts += eval_prompts(count // 2, seed=seed, two_objects=True)
     short = eval_prompts(count // 4, seed=seed, two_objects=False, unnamed=("size", "cell"))
@@ -59,14 +60,7 @@ def evaluate_checkpoint(
         if reconstruct:
             image = round_trip(loaded, render(scene, loaded.native_size[0]))
         else:
-            request = build_request(
-                prompt=text,
-                seed=seed + index,
-                steps=steps,
-                sampler_name=sampler,
-                cfg_scale=cfg_scale,
-                **fields,
-            )
+            request = build_request(prompt=text, seed=seed + index, **settled)
             image = generate(loaded, request).images[0].image
         seconds.append(time.perf_counter() - start)
         verdicts.append((scene, check_image(image, scene)))
@@ -78,9 +72,9 @@ def evaluate_checkpoint(
     report.update(
         model=loaded.name,
         native_size=list(loaded.native_size),
-        steps=steps,
-        sampler=sampler,
-        cfg_scale=cfg_scale,
+        steps=settled["steps"],
+        sampler=settled["sampler_name"],
+        cfg_scale=settled["cfg_scale"],
         fields=fields,
         reconstruct=reconstruct,
         seconds_per_image_median=round(sorted(seconds)[len(seconds) // 2], 3),
