@@ -63,8 +63,9 @@ class EMA:
             self._swap()
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Shadows by position, plus the update count (a 0-d tensor, so the state is tensors only)."""
-        state = {f"shadow.{i}": s for i, s in enumerate(self.shadow)}
+        """Shadows by position, plus the update count (a 0-d tensor, so the state is tensors only).
+        Contiguous, as safetensors wants: shadows keep their parameters' memory format (channels_last)."""
+        state = {f"shadow.{i}": s.contiguous() for i, s in enumerate(self.shadow)}
         state["num_updates"] = torch.tensor(self.num_updates, dtype=torch.int64)
         return state
 
