@@ -1,3 +1,4 @@
+import os
 import sys
 
 import pytest
@@ -20,3 +21,26 @@ def test_configure_sets_threads():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tuning only exists on Linux")
+def test_tuned_allocator_keeps_blocks_below_the_threshold_and_returns_huge_ones():
+    """A freed 64 MiB activation stays in the heap for the next call (no page faults); a freed block
+    above `MMAP_THRESHOLD` (a 1024² VAE decode's) goes back to the OS, so huge images do not fragment
+    the heap (hires fix's peak RSS: 12.1 GiB with a 1 GiB threshold, 9.4 GiB with 256 MiB)."""
+    import torch
+
+    assert runtime.tune_allocator() is True
+    for mib, kept in ((64, True), (runtime.MMAP_THRESHOLD // 2**20 + 64, False)):
+        runtime.release_memory()
+        before = _rss_mib()
+        block = torch.ones(mib * 2**20 // 4)  # touched: every page resident
+        del block
+        retained = _rss_mib() - before
+        assert (retained > mib / 2) is kept, (mib, retained)
+    runtime.release_memory()

@@ -3,9 +3,16 @@
 Why the allocator: glibc's malloc hands every large freed block straight back to the kernel (mmap
 threshold, heap trimming), so each UNet call and VAE decode faults its gigabytes of activations in
 again: 0.2-0.9 M minor page faults per SD1.5 UNet step and ~2.7 M per 512² VAE decode on CPU, 5-20 %
-of the time (measured by benchmarks/sd15_txt2img.py). Keeping freed memory in the heap removes the
-faults; the price is up to ~0.3 GiB more peak RSS and memory not returned to the OS until
-`release_memory()` (a server calls it when it unloads a model or goes idle).
+of the time (measured with benchmarks/suite.py). Keeping freed blocks in the heap removes the
+faults; the price is memory not returned to the OS until `release_memory()` (a server calls it when it
+unloads a model or goes idle), and a heap that fragments when blocks are huge.
+
+Why blocks from `MMAP_THRESHOLD` up still get their own mapping (measured 2026-12-05, SD1.5 at full
+size, one run each): with every block below 1 GiB kept in the heap, hires fix 512²→1024² peaked at
+12.1 GiB at its 1024² decode (untuned glibc 8.6 GiB, diffusers 8.7 GiB); from 256 MiB up mmapped,
+9.4 GiB, with the job as fast (104 s against 109 s). The cost: a 512² decode's 256 MiB activations
+fault in again, 11.2 s against 9.9 s (two runs each), about 1 % of a 20-step image. UNet steps at 512²
+use no block that large and keep the whole gain.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 _INT_MAX = 2**31 - 1
+MMAP_THRESHOLD = 256 << 20
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -33,11 +41,13 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def tune_allocator() -> bool:
-    """Keep large freed blocks for reuse (glibc only; elsewhere a no-op). True if applied."""
+    """Keep freed blocks below `MMAP_THRESHOLD` for reuse (glibc only; elsewhere a no-op).
+
+    True if applied."""
     libc = _glibc()
     if libc is None:
         return False
-    settings = ((M_MMAP_THRESHOLD, 1 << 30), (M_TRIM_THRESHOLD, _INT_MAX), (M_TOP_PAD, 256 << 20))
+    settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, _INT_MAX), (M_TOP_PAD, 256 << 20))
     return all(libc.mallopt(ctypes.c_int(option), ctypes.c_int(value)) == 1 for option, value in settings)
 
 
