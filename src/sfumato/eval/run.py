@@ -33,8 +33,9 @@ def evaluate_checkpoint(
     reconstruct: bool = False,
 ) -> dict[str, Any]:
     """Generate `count` one-object and `count // 2` two-object held-out prompts at the model's native
-    size and score them with the independent checker. `fields` are request fields for every
-    image (an approximation's, say, or another CFG scale or sampler), validated before the first image and named in the report.
+    size and score them with the independent checker. `fields` are request fields for every image (an
+    approximation's, say, or another CFG scale, sampler or step count: they override the arguments),
+    validated before the first image and named in the report.
 
     `short_prompts` scores `count // 4` of the one-object scenes again, prompted as people often write
     ("a red circle on a white background": no size, no position), on what those prompts ask for.
