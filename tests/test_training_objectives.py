@@ -9,6 +9,8 @@ from diffusers import DDPMScheduler
 from sfumato.models.loader import sd_alphas_cumprod
 from sfumato.testing.tiny_models import build_components
 from sfumato.training.objectives import (
+    DiffusionObjective,
+    TimestepBias,
     VAEObjective,
     add_noise,
     min_snr_weights,
@@ -63,6 +65,64 @@ def test_timesteps_and_noise_are_seeded() -> None:
     shift = offset - plain  # the same per-channel constant over each channel's pixels
     assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)
     assert shift.abs().max() > 0
+
+
+@pytest.mark.parametrize(
+    ("bias", "favoured"),
+    [
+        (TimestepBias("earlier", multiplier=3.0, portion=0.5), slice(0, 500)),
+        (TimestepBias("later", multiplier=2.0, portion=0.25), slice(750, 1000)),
+        (TimestepBias("range", multiplier=4.0, begin=200, end=300), slice(200, 300)),
+    ],
+)
+def test_timestep_bias_probabilities_closed_form(bias: TimestepBias, favoured: slice) -> None:
+    p = bias.probabilities(1000)
+    inside = torch.zeros(1000, dtype=torch.bool)
+    inside[favoured] = True
+    n = int(inside.sum())
+    base = 1 / (1000 - n + bias.multiplier * n)  # one unfavoured timestep's probability
+    assert torch.allclose(p[~inside], torch.full((1000 - n,), base, dtype=p.dtype))
+    assert torch.allclose(p[inside], torch.full((n,), bias.multiplier * base, dtype=p.dtype))
+    assert torch.isclose(p.sum(), torch.tensor(1.0, dtype=p.dtype))
+
+
+def test_biased_timesteps_follow_the_bias_and_are_seeded() -> None:
+    bias = TimestepBias("earlier", multiplier=3.0, portion=0.5)
+    draws = [sample_timesteps(20000, 1000, torch.Generator().manual_seed(3), bias) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    share_low = (draws[0] < 500).float().mean().item()
+    assert abs(share_low - 0.75) < 0.015  # 3 : 1 over two halves; binomial sd is 0.003
+    assert draws[0].min() >= 0 and draws[0].max() < 1000
+    uniform = sample_timesteps(64, 1000, torch.Generator().manual_seed(5), TimestepBias())
+    assert torch.equal(uniform, sample_timesteps(64, 1000, torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"multiplier": 0.0}, {"portion": 0.0}, {"portion": 1.5}, {"strategy": "range", "begin": 5, "end": 5}],
+)
+def test_timestep_bias_refuses_meaningless_settings(options: dict) -> None:
+    with pytest.raises(ValueError, match="timestep bias"):
+        TimestepBias(**options)
+
+
+def test_diffusion_objective_draws_its_timesteps_with_the_bias() -> None:
+    parts = build_components("sd1", seed=0)
+    seen: list[torch.Tensor] = []
+    forward = parts.unet.forward
+
+    def spy(sample, timestep, *args, **kwargs):
+        seen.append(timestep.clone())
+        return forward(sample, timestep, *args, **kwargs)
+
+    parts.unet.forward = spy
+    only_t7 = TimestepBias("range", multiplier=1e12, begin=7, end=8)
+    objective = DiffusionObjective(
+        parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, ALPHAS, timestep_bias=only_t7
+    )
+    batch = {"pixel_values": torch.zeros(4, 3, 32, 32), "captions": ["a"] * 4, "item_indices": None}
+    objective.loss(batch, StepContext(0, 0, torch.Generator().manual_seed(0)))
+    assert seen and torch.equal(seen[0], torch.full((4,), 7))
 
 
 def test_weighted_mse() -> None:

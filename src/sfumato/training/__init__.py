@@ -6,7 +6,7 @@ How it is organised
   `root/{repeats}_{name}/*.png` + captions, buckets images by aspect ratio and plans each epoch's batches
   (one bucket per batch) as a pure function of (seed, epoch), so a run can resume mid-epoch.
 - `objectives`: what is learned. Closed-form pieces (noising, eps/v targets, min-SNR-γ, noise offset,
-  weighted MSE) plus `DiffusionObjective` (SD1-family text-to-image: UNet, optionally the text encoder,
+  timestep bias, weighted MSE) plus `DiffusionObjective` (SD1-family text-to-image: UNet, optionally the text encoder,
   on a frozen VAE) and `VAEObjective` (AutoencoderKL: L1/MSE + KL, optional foreground weighting).
 - `latents`: `LatentCache`, kohya's cache_latents: each image's VAE posterior (mean, std) encoded once
   and sampled afresh each step, so a frozen VAE costs nothing per step (`DiffusionObjective(...,
@@ -78,7 +78,7 @@ from sfumato.training.dataset import (
 )
 from sfumato.training.ema import EMA
 from sfumato.training.latents import LatentCache
-from sfumato.training.objectives import DiffusionObjective, VAEObjective
+from sfumato.training.objectives import DiffusionObjective, TimestepBias, VAEObjective
 from sfumato.training.text_pretrain import CaptionLabelObjective
 from sfumato.training.trainer import (
     Objective,
@@ -102,6 +102,7 @@ __all__ = [
     "Objective",
     "SampleCallback",
     "StepContext",
+    "TimestepBias",
     "Trainer",
     "TrainerConfig",
     "VAEObjective",

@@ -1,4 +1,5 @@
-"""Training objectives: the diffusion loss (eps / v), min-SNR-γ weighting, noise offset, and a VAE loss.
+"""Training objectives: the diffusion loss (eps / v), min-SNR-γ weighting, noise offset, timestep bias,
+and a VAE loss.
 
 The closed forms are written out here rather than taken from a diffusers scheduler because they are a
 few lines each, the trainer needs them on explicit CPU generators (seeded per step, see
@@ -17,6 +18,7 @@ UNet (and optionally its text encoder) on a frozen VAE, `VAEObjective` trains th
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -31,9 +33,59 @@ from sfumato.training.trainer import StepContext
 Prediction = Literal["epsilon", "v_prediction"]
 
 
-def sample_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator) -> Tensor:
-    """Timesteps drawn uniformly from [0, num_train_timesteps) on the CPU generator."""
-    return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
+@dataclass(frozen=True)
+class TimestepBias:
+    """Draw some timesteps more often than others: diffusers' `--timestep_bias_*` options of its SDXL
+    training example, with their meaning. `strategy` "earlier" draws the first `portion` of the timesteps
+    (the least noisy) `multiplier` times as often as the rest, "later" the last `portion` (the noisiest),
+    "range" those in [begin, end); "none" draws uniformly.
+
+    Why it exists: a model's fine detail is drawn in the low-noise steps, which a uniform draw visits
+    rarely. Measured on the embedded default model v8 (img2img from the true picture, 100 prompts): its
+    VAE alone reads shape 0.945; denoising from σ = 0.4 (t ≈ 140, the last 7 of 20 Karras steps) already
+    drops it to 0.86, from σ = 1.5 to 0.77, and from pure noise to 0.745. The loss is made in
+    the low-noise steps, which uniform timesteps with min-SNR-γ = 5 trained least.
+    """
+
+    strategy: Literal["none", "earlier", "later", "range"] = "none"
+    multiplier: float = 1.0
+    portion: float = 0.25
+    begin: int = 0
+    end: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.multiplier <= 0:
+            raise ValueError("timestep bias multiplier must be positive")
+        if not 0 < self.portion <= 1:
+            raise ValueError("timestep bias portion must be in (0, 1]")
+        if self.strategy == "range" and not 0 <= self.begin < self.end:
+            raise ValueError("timestep bias range needs 0 <= begin < end")
+
+    def probabilities(self, num_train_timesteps: int) -> Tensor:
+        """The probability of drawing each timestep."""
+        weights = torch.ones(num_train_timesteps, dtype=torch.float64)
+        biased = round(self.portion * num_train_timesteps)
+        chosen = {
+            "none": slice(0, 0),
+            "earlier": slice(0, biased),
+            "later": slice(num_train_timesteps - biased, num_train_timesteps),
+            "range": slice(self.begin, min(self.end, num_train_timesteps)),
+        }[self.strategy]
+        weights[chosen] *= self.multiplier
+        return weights / weights.sum()
+
+
+def sample_timesteps(
+    batch_size: int,
+    num_train_timesteps: int,
+    generator: torch.Generator,
+    bias: TimestepBias | None = None,
+) -> Tensor:
+    """Timesteps drawn from [0, num_train_timesteps) on the CPU generator: uniformly, or as `bias` says."""
+    if bias is None or bias.strategy == "none":
+        return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
+    probabilities = bias.probabilities(num_train_timesteps)
+    return torch.multinomial(probabilities, batch_size, replacement=True, generator=generator)
 
 
 def _coefficients(timesteps: Tensor, alphas_cumprod: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,6 +193,7 @@ class DiffusionObjective:
         train_text_encoder: bool = False,
         min_snr_gamma: float | None = None,
         noise_offset: float = 0.0,
+        timestep_bias: TimestepBias | None = None,
         latent_cache: LatentCache | None = None,
     ) -> None:
         self.unet = unet
@@ -152,6 +205,7 @@ class DiffusionObjective:
         self.train_text_encoder = train_text_encoder
         self.min_snr_gamma = min_snr_gamma
         self.noise_offset = noise_offset
+        self.timestep_bias = timestep_bias
         self.latent_cache = latent_cache
 
     def _trained(self) -> dict[str, nn.Module]:
@@ -199,7 +253,9 @@ class DiffusionObjective:
         device = next(self.unet.parameters()).device
         latents = self.latents(batch, step.generator, device)
         noise = sample_noise(latents.shape, step.generator, self.noise_offset).to(device)
-        timesteps = sample_timesteps(latents.shape[0], len(self.alphas_cumprod), step.generator)
+        timesteps = sample_timesteps(
+            latents.shape[0], len(self.alphas_cumprod), step.generator, self.timestep_bias
+        )
         noisy = add_noise(latents, noise, timesteps, self.alphas_cumprod)
         conditioning = self.encode_captions(list(batch["captions"]), device)  # type: ignore[arg-type]
         prediction = self.unet(noisy, timesteps.to(device), conditioning).sample
