@@ -40,11 +40,12 @@ class TimestepBias:
     (the least noisy) `multiplier` times as often as the rest, "later" the last `portion` (the noisiest),
     "range" those in [begin, end); "none" draws uniformly.
 
-    Why it exists: a model's fine detail is drawn in the low-noise steps, which a uniform draw visits
-    rarely. Measured on the embedded default model v8 (img2img from the true picture, 100 prompts): its
-    VAE alone reads shape 0.945; denoising from σ = 0.4 (t ≈ 140, the last 7 of 20 Karras steps) already
-    drops it to 0.86, from σ = 1.5 to 0.77, and from pure noise to 0.745. The loss is made in
-    the low-noise steps, which uniform timesteps with min-SNR-γ = 5 trained least.
+    Why it exists: fine detail is drawn in the low-noise steps, which a uniform draw visits rarely.
+    Measured on the embedded default model v8 (img2img from the true picture, 100 prompts): its VAE
+    alone reads shape 0.945; denoising from σ = 0.4 (t ≈ 130, the last 7 of 20 Karras steps) drops it
+    to 0.86, from σ = 1.5 to 0.77, from pure noise to 0.745. The trade is real, though: retrained with
+    t < 500 drawn 3× as often (and no min-SNR), shape rose only to 0.69 (0.67) while colour fell to 0.77
+    (0.925) and background to 0.87 (0.997): the noisy steps drawn less often are where colours are set.
     """
 
     strategy: Literal["none", "earlier", "later", "range"] = "none"
