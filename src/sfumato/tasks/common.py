@@ -18,6 +18,7 @@ from sfumato.errors import InterruptedByUser, SkippedByUser, UserError
 from sfumato.models import vae_tiling
 from sfumato.models.loader import LoadedModel
 from sfumato.models.stored_weights import compute_dtype
+from sfumato.runtime import release_memory
 
 MAX_SEED = 2**32 - 1
 
@@ -93,8 +94,18 @@ def taesd_image(decoder: AutoencoderTiny, latents: torch.Tensor) -> Image.Image:
     return _to_image(decoder.decode(latents[:1].to(parameter.device, parameter.dtype)).sample)
 
 
+# Latent area above which the heap is trimmed before a decode (64×64: an SD1 image above 512²).
+TRIM_BEFORE_DECODE_AREA = 64 * 64
+
+
 def _decode_one(model: LoadedModel, latents: torch.Tensor) -> Image.Image:
-    """One image's latents decoded (in tiles only if it does not fit: `sfumato.models.vae_tiling`)."""
+    """One image's latents decoded (in tiles only if it does not fit: `sfumato.models.vae_tiling`).
+
+    Above `TRIM_BEFORE_DECODE_AREA` the free heap that sampling left (`sfumato.runtime` keeps freed
+    blocks below 256 MiB) goes back to the OS first: there the decode is the job's memory peak, and the
+    kept blocks would sit under it unused."""
+    if latents.shape[-2] * latents.shape[-1] > TRIM_BEFORE_DECODE_AREA:
+        release_memory()
     scaling = model.vae.config.scaling_factor
     with vae_dtype(model) as dtype:
         pixels = vae_tiling.decode(model.vae, latents.to(model.device, dtype) / scaling)
