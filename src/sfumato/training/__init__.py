@@ -6,8 +6,9 @@ How it is organised
   `root/{repeats}_{name}/*.png` + captions, buckets images by aspect ratio and plans each epoch's batches
   (one bucket per batch) as a pure function of (seed, epoch), so a run can resume mid-epoch.
 - `objectives`: what is learned. Closed-form pieces (noising, eps/v targets, min-SNR-γ, noise offset,
-  timestep bias, weighted MSE) plus `DiffusionObjective` (SD1-family text-to-image: UNet, optionally the text encoder,
-  on a frozen VAE) and `VAEObjective` (AutoencoderKL: L1/MSE + KL, optional foreground weighting).
+  timestep bias, weighted MSE) plus `DiffusionObjective` (SD1-family text-to-image: UNet, optionally
+  the text encoder, on a frozen VAE) and `VAEObjective` (AutoencoderKL: L1/MSE + KL, optional
+  foreground weighting).
 - `latents`: `LatentCache`, kohya's cache_latents: each image's VAE posterior (mean, std) encoded once
   and sampled afresh each step, so a frozen VAE costs nothing per step (`DiffusionObjective(...,
   latent_cache=...)`); saved beside a run and refused for other images or another VAE.
