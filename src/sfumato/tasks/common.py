@@ -69,6 +69,10 @@ def vae_dtype(model: LoadedModel, *, force: bool = False) -> Iterator[torch.dtyp
         vae.to(dtype)
 
 
+# Latent area above which the heap is trimmed before decoding (64×64: an SD1 image above 512²).
+TRIM_BEFORE_DECODE_AREA = 64 * 64
+
+
 @torch.no_grad()
 def decode_latents(model: LoadedModel, latents: torch.Tensor, method: str = "Full") -> list[Image.Image]:
     """VAE-decode latents to RGB images, one at a time: the decoder is the memory peak at large sizes.
@@ -76,7 +80,11 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor, method: str = "Ful
     A half-precision VAE that overflows (NaN: SDXL's original VAE, A1111 #7633) decodes that image
     again in fp32 (A1111's "revert VAE to 32-bit floats"), so the user never gets a black picture.
     `method` is A1111's `sd_vae_decode_method`: "TAESD" decodes with the TAESD decoder attached to
-    the model (`sfumato.models.taesd`), far cheaper and approximate."""
+    the model (`sfumato.models.taesd`), far cheaper and approximate.
+
+    Above `TRIM_BEFORE_DECODE_AREA` the free heap that sampling left (`sfumato.runtime` keeps freed
+    blocks below 256 MiB) goes back to the OS first: there the decode is the job's memory peak, and the
+    kept blocks would sit under it unused."""
     if method == "TAESD":
         if model.taesd is None:
             raise UserError(
@@ -84,6 +92,9 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor, method: str = "Ful
                 field="sd_vae_decode_method",
             )
         return [taesd_image(model.taesd, one) for one in latents.split(1)]
+    if latents.shape[-2] * latents.shape[-1] > TRIM_BEFORE_DECODE_AREA:
+        # Once per job, not per image: the heap a batch's earlier decodes leave is the next one's.
+        release_memory()
     return [_decode_one(model, one) for one in latents.split(1)]
 
 
@@ -94,18 +105,8 @@ def taesd_image(decoder: AutoencoderTiny, latents: torch.Tensor) -> Image.Image:
     return _to_image(decoder.decode(latents[:1].to(parameter.device, parameter.dtype)).sample)
 
 
-# Latent area above which the heap is trimmed before a decode (64×64: an SD1 image above 512²).
-TRIM_BEFORE_DECODE_AREA = 64 * 64
-
-
 def _decode_one(model: LoadedModel, latents: torch.Tensor) -> Image.Image:
-    """One image's latents decoded (in tiles only if it does not fit: `sfumato.models.vae_tiling`).
-
-    Above `TRIM_BEFORE_DECODE_AREA` the free heap that sampling left (`sfumato.runtime` keeps freed
-    blocks below 256 MiB) goes back to the OS first: there the decode is the job's memory peak, and the
-    kept blocks would sit under it unused."""
-    if latents.shape[-2] * latents.shape[-1] > TRIM_BEFORE_DECODE_AREA:
-        release_memory()
+    """One image's latents decoded (in tiles only if it does not fit: `sfumato.models.vae_tiling`)."""
     scaling = model.vae.config.scaling_factor
     with vae_dtype(model) as dtype:
         pixels = vae_tiling.decode(model.vae, latents.to(model.device, dtype) / scaling)
