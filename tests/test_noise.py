@@ -81,6 +81,13 @@ def test_seed_resize_pastes_old_size_noise_centred():
     assert torch.equal(bigger, draws(3, SHAPE)[0][:, 2:6, 2:6])
 
 
+def test_seed_resize_counts_latents_with_the_vaes_own_factor():
+    """The embedded default model's VAE downsamples 2×, not 8×: "resize seed from 8×8" is 4×4 latents."""
+    noise = ImageRNG(SHAPE, [3], seed_resize_from_h=8, seed_resize_from_w=8, latent_factor=2).first()[0]
+    assert torch.equal(noise[:, 2:6, 2:6], draws(3, (4, 4, 4))[0])
+    assert torch.equal(noise[:, :2], draws(3, SHAPE)[0][:, :2])
+
+
 def test_image_rng_noise_sampler_moves_to_device_and_dtype():
     rng = ImageRNG(SHAPE, [4])
     rng.first()

@@ -66,7 +66,8 @@ class ImageRNG:
     (B, C, H, W); `next()` gives the next noise from the same per-image generators (after `first()`; if
     called first, it returns `first()`, as A1111's does). All tensors are float32 on the CPU.
     `eta_noise_seed_delta` is A1111's "ENSD" setting: after the initial noise, the sampler noise streams
-    restart from seed + delta.
+    restart from seed + delta. `latent_factor` is the VAE's pixels per latent: A1111 divides the
+    "resize seed from" size by 8, which is only right for VAEs that downsample 8×.
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class ImageRNG:
         seed_resize_from_w: int = 0,
         *,
         eta_noise_seed_delta: int = 0,
+        latent_factor: int = 8,
     ) -> None:
         if len(shape) != 3:
             raise ValueError(f"ImageRNG shape is one image's (C, H, W), got {tuple(shape)}")
@@ -91,6 +93,7 @@ class ImageRNG:
         self.seed_resize_from_h = seed_resize_from_h
         self.seed_resize_from_w = seed_resize_from_w
         self.eta_noise_seed_delta = int(eta_noise_seed_delta)
+        self.latent_factor = latent_factor
         self.generators = [_generator(seed) for seed in self.seeds]
         self.started = False
 
@@ -99,8 +102,11 @@ class ImageRNG:
         self.started = True
         shape = self.shape
         resized = self.seed_resize_from_h > 0 and self.seed_resize_from_w > 0
+        factor = self.latent_factor
         noise_shape = (
-            (shape[0], self.seed_resize_from_h // 8, self.seed_resize_from_w // 8) if resized else shape
+            (shape[0], self.seed_resize_from_h // factor, self.seed_resize_from_w // factor)
+            if resized
+            else shape
         )
         images = []
         for i, (seed, generator) in enumerate(zip(self.seeds, self.generators, strict=True)):

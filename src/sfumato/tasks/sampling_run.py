@@ -104,6 +104,7 @@ def sample_latents(
     clean prediction is returned, as A1111 does, so the caller still gets an image. `hires`: this is
     txt2img's second pass (it has its own token merging ratio)."""
     batch = len(seeds)
+    factor = model.vae_scale_factor
     rng = ImageRNG(
         shape,
         seeds,
@@ -111,6 +112,7 @@ def sample_latents(
         subseed_strength=request.subseed_strength,
         seed_resize_from_h=request.seed_resize_from_h,
         seed_resize_from_w=request.seed_resize_from_w,
+        latent_factor=factor,
     )
     device = model.device
     noise = rng.first().to(device, torch.float32)
@@ -118,7 +120,6 @@ def sample_latents(
         x = noise * sampler.initial_noise_scale(float(sigmas[0]))
     else:
         x = _noised_init(start, noise, float(sigmas[0]), sampler)
-    factor = model.vae_scale_factor
     extras = UNetExtras(
         sdxl_time_ids(shape[2] * factor, shape[1] * factor, batch).to(device)
         if model.family == "sdxl"
