@@ -72,6 +72,15 @@ def build_networks(seed: int) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DCondi
         # 32 channels at full resolution: the (16, 32, 64) VAE of v6/v7 turned small stars and crosses
         # into blobs and diamonds (its round trip scored shape 0.82). Measured training step, batch 64
         # of 32² crops: (16, 32, 64) 0.211 s fp32; (32, 64, 128) 0.590 s fp32, 0.299 s bf16 autocast.
+        # Tried 2026-12-05 (v11, not shipped): latents 1/2 of the image (32x32) from a (32, 64) VAE, so
+        # a small object spans 5 latents, not 2.5 (v8 loses outlines while denoising: img2img from the
+        # true picture at strength 0.3 reads shape 0.86 against the round trip's 0.945). With a
+        # (32, 64, 96, 128) UNet (attention at 8x8 and 4x4; 0.98 s/step against 0.74-0.82) the budget
+        # held 1600 + 600 VAE steps (19.2 min; round trip: shape 0.92, two objects 0.84, as good as
+        # v8's), 800 text steps (6.8 min), a 5-minute latent cache and 3350 UNet steps (55.8 min).
+        # 200 + 100 prompts: background 0.24, colour 0.78, shape 0.36, position 0.825, two objects 0.02;
+        # backgrounds came out pink or blue whatever the prompt named. Four times the latent pixels
+        # cost more UNet time per step than this budget can give.
         block_out_channels=(32, 64, 128),
         layers_per_block=1,
         latent_channels=4,
