@@ -44,3 +44,24 @@ def test_tuned_allocator_keeps_blocks_below_the_threshold_and_returns_huge_ones(
         retained = _rss_mib() - before
         assert (retained > mib / 2) is kept, (mib, retained)
     runtime.release_memory()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tuning only exists on Linux")
+def test_peak_work_maps_large_blocks_apart_and_then_keeps_them_again():
+    """Inside `peak_work` a freed 64 MiB block goes back to the OS (as untuned glibc does from 32 MiB
+    up); after it, the tuning is back and the same block stays in the heap."""
+    import torch
+
+    assert runtime.tune_allocator() is True
+
+    def retained_mib(mib: int) -> float:
+        runtime.release_memory()
+        before = _rss_mib()
+        block = torch.ones(mib * 2**20 // 4)
+        del block
+        return _rss_mib() - before
+
+    with runtime.peak_work():
+        assert retained_mib(64) < 32
+    assert retained_mib(64) > 32
+    runtime.release_memory()

@@ -18,7 +18,7 @@ from sfumato.errors import InterruptedByUser, SkippedByUser, UserError
 from sfumato.models import vae_tiling
 from sfumato.models.loader import LoadedModel
 from sfumato.models.stored_weights import compute_dtype
-from sfumato.runtime import release_memory
+from sfumato.runtime import peak_work
 
 MAX_SEED = 2**32 - 1
 
@@ -82,9 +82,9 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor, method: str = "Ful
     `method` is A1111's `sd_vae_decode_method`: "TAESD" decodes with the TAESD decoder attached to
     the model (`sfumato.models.taesd`), far cheaper and approximate.
 
-    Above `TRIM_BEFORE_DECODE_AREA` the free heap that sampling left (`sfumato.runtime` keeps freed
-    blocks below 256 MiB) goes back to the OS first: there the decode is the job's memory peak, and the
-    kept blocks would sit under it unused."""
+    Above `TRIM_BEFORE_DECODE_AREA` the decode is the job's memory peak, so it runs in
+    `runtime.peak_work()`: the free heap that sampling left (`sfumato.runtime` keeps freed blocks below
+    256 MiB) goes back to the OS first, and the decode's own large blocks are mapped apart."""
     if method == "TAESD":
         if model.taesd is None:
             raise UserError(
@@ -92,10 +92,10 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor, method: str = "Ful
                 field="sd_vae_decode_method",
             )
         return [taesd_image(model.taesd, one) for one in latents.split(1)]
-    if latents.shape[-2] * latents.shape[-1] > TRIM_BEFORE_DECODE_AREA:
-        # Once per job, not per image: the heap a batch's earlier decodes leave is the next one's.
-        release_memory()
-    return [_decode_one(model, one) for one in latents.split(1)]
+    if latents.shape[-2] * latents.shape[-1] <= TRIM_BEFORE_DECODE_AREA:
+        return [_decode_one(model, one) for one in latents.split(1)]
+    with peak_work():  # once per job, not per image: one trim for the whole batch
+        return [_decode_one(model, one) for one in latents.split(1)]
 
 
 @torch.no_grad()
