@@ -109,7 +109,7 @@ def test_a_half_precision_vae_that_overflows_decodes_again_in_fp32(tiny_models, 
 
 def test_decodes_above_512_run_as_the_jobs_peak_work(sd1, monkeypatch):
     """Above 512² the decode is the job's memory peak, so it runs in `runtime.peak_work` (heap trimmed,
-    large blocks mapped apart; measured: hires fix 512²->1024² peak RSS 10.15 -> 8.4 GiB, diffusers 8.6);
+    large blocks mapped apart; measured: hires fix 512²->1024² peak RSS 10.15 -> 8.4-8.5 GiB, diffusers 8.6);
     at 512² and below the kept heap saves the decode's page faults, so it stays."""
     from contextlib import contextmanager
 

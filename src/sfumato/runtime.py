@@ -15,7 +15,7 @@ fault in again, 11.2 s against 9.9 s (two runs each), about 1 % of a 20-step ima
 use no block that large and keep the whole gain. And a VAE decode above 512² (where the decode is the
 job's peak) runs in `peak_work()`: the heap trimmed first, blocks from 32 MiB up mapped and unmapped
 as untuned glibc does, the tuning back afterwards. Hires fix 512²→1024² (2026-12-05): 10.15 GiB with
-neither, 9.6 GiB with the trim alone (119 s, two runs each), 8.4 GiB with both (one run; diffusers 8.6
+neither, 9.6 GiB with the trim alone (119 s, two runs each), 8.4-8.5 GiB with both (two runs; diffusers 8.6
 GiB in the same session).
 """
 
