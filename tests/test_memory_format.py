@@ -1,4 +1,5 @@
-"""The UNet/VAE memory layout: channels_last by measured default for half precision on CPU."""
+"""The UNet/VAE memory layout: by measured default on CPU, channels_last for the VAE, and for the UNet
+with half-precision compute."""
 
 from __future__ import annotations
 
@@ -20,27 +21,33 @@ def is_channels_last(module: torch.nn.Module) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("device", "dtype", "setting", "expected"),
+    ("device", "dtype", "setting", "network", "expected"),
     [
-        ("cpu", torch.bfloat16, None, True),
-        ("cpu", torch.float16, None, True),
-        ("cpu", torch.float32, None, False),
-        ("cuda", torch.float16, None, False),
-        ("cpu", torch.float32, True, True),
-        ("cpu", torch.bfloat16, False, False),
+        ("cpu", torch.bfloat16, None, "unet", True),
+        ("cpu", torch.float16, None, "unet", True),
+        ("cpu", torch.float32, None, "unet", False),
+        ("cpu", torch.float32, None, "vae", True),
+        ("cuda", torch.float16, None, "unet", False),
+        ("cuda", torch.float32, None, "vae", False),
+        ("cpu", torch.float32, True, "unet", True),
+        ("cpu", torch.bfloat16, False, "unet", False),
+        ("cpu", torch.float32, False, "vae", False),
     ],
 )
-def test_default_by_device_and_dtype(device, dtype, setting, expected):
-    assert wants_channels_last(torch.device(device), dtype, setting) is expected
+def test_default_by_network_device_and_dtype(device, dtype, setting, network, expected):
+    assert wants_channels_last(torch.device(device), dtype, setting, network) is expected
 
 
 def test_loaded_layout_follows_the_choice_and_pixels_agree(tiny_models):
     path = tiny_models["sd1"][0]
     half = load_checkpoint(path, device=CPU, dtype=torch.bfloat16)
     assert is_channels_last(half.unet) and is_channels_last(half.vae.decoder)
-    plain = load_checkpoint(path, device=CPU, dtype=torch.float32)
+    default = load_checkpoint(path, device=CPU, dtype=torch.float32)
+    assert not is_channels_last(default.unet) and is_channels_last(default.vae.decoder)
+    nchw = load_checkpoint(path, device=CPU, dtype=torch.float32, channels_last=False)
     nhwc = load_checkpoint(path, device=CPU, dtype=torch.float32, channels_last=True)
-    assert not is_channels_last(plain.unet) and is_channels_last(nhwc.unet)
+    assert not is_channels_last(nchw.vae.decoder) and is_channels_last(nhwc.unet)
     request = build_request(prompt="a red circle", width=64, height=64, steps=3, seed=2, sampler_name="Euler")
-    a, b = (np.asarray(generate(m, request).images[0].image, dtype=np.int16) for m in (plain, nhwc))
-    assert np.abs(a - b).max() <= 1  # the same network; only the summation order may differ
+    images = [np.asarray(generate(m, request).images[0].image, dtype=np.int16) for m in (nchw, default, nhwc)]
+    for image in images[1:]:  # the same networks; only the summation order may differ
+        assert np.abs(image - images[0]).max() <= 1

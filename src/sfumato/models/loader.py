@@ -207,15 +207,17 @@ def _prepare_for_compute(
     unet: torch.nn.Module,
     vae: torch.nn.Module,
     encoders: list[Any],
+    device: torch.device,
     dtype: torch.dtype,
     low_memory: bool,
-    channels_last: bool,
+    channels_last: bool | None,
 ) -> None:
-    """What every loader does once the weights are in: low-memory upcast hooks, memory layout."""
+    """What every loader does once the weights are in: low-memory upcast hooks, memory layouts."""
     if low_memory:
         for module in (unet, vae, *encoders):
             keep_weights_stored(module, dtype)
-    apply_memory_format([unet, vae], channels_last)
+    apply_memory_format([unet], wants_channels_last(device, dtype, channels_last, "unet"))
+    apply_memory_format([vae], wants_channels_last(device, dtype, channels_last, "vae"))
 
 
 def load_single_file(
@@ -229,7 +231,7 @@ def load_single_file(
 ) -> LoadedModel:
     """Load an A1111/CompVis single-file checkpoint (.safetensors, or a weights-only .ckpt).
     `low_memory`: weights stay as the file stores them (`sfumato.models.stored_weights`);
-    `channels_last`: the UNet's and VAE's layout (None: `memory_format.wants_channels_last`)."""
+    `channels_last`: the UNet's and VAE's layout (None: each `memory_format.wants_channels_last`)."""
     sd = open_state_dict(path)
     info = detect_checkpoint(sd, name=str(path))
     if info.vae_config is None:
@@ -240,9 +242,7 @@ def load_single_file(
     encoders = [_load_text_encoder(sd, spec, load_dtype, str(path)) for spec in info.text_encoders]
     tokenizers = [clip_tokenizer(spec.kind == "open_clip") for spec in info.text_encoders]
     del sd
-    _prepare_for_compute(
-        unet, vae, encoders, dtype, low_memory, wants_channels_last(device, dtype, channels_last)
-    )
+    _prepare_for_compute(unet, vae, encoders, device, dtype, low_memory, channels_last)
     unet.to(device)
     pred = prediction or info.prediction or guess_sd2_prediction(unet)
     return LoadedModel(
@@ -313,9 +313,7 @@ def load_diffusers_folder(
             encoders.append(CLIPTextModelWithProjection.from_pretrained(path, **kw("text_encoder_2")))
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: not a loadable diffusers Stable Diffusion folder ({exc})") from exc
-    _prepare_for_compute(
-        unet, vae, encoders, dtype, low_memory, wants_channels_last(device, dtype, channels_last)
-    )
+    _prepare_for_compute(unet, vae, encoders, device, dtype, low_memory, channels_last)
     family = _family_of_diffusers(unet.config, len(encoders) > 1)
     tokenizers = [clip_tokenizer(family == "sd2"), clip_tokenizer(True)][: len(encoders)]
     scheduler_file = path / "scheduler" / "scheduler_config.json"
@@ -384,5 +382,5 @@ def load_vae_file(
     vae = load_vae_weights(sd, config, prefix, None if low_memory else dtype, str(path))
     if low_memory:
         keep_weights_stored(vae, dtype)
-    apply_memory_format([vae], wants_channels_last(device, dtype, channels_last))
+    apply_memory_format([vae], wants_channels_last(device, dtype, channels_last, "vae"))
     return vae.to(device).eval()
