@@ -50,7 +50,8 @@ class Settings(BaseModel):
     threads: int | None = None  # CPU threads for torch; None: torch's choice
     # Weights stay in the checkpoint's half precision, upcast layer by layer (sfumato.models.stored_weights)
     low_memory: bool = False
-    # UNet/VAE memory layout; None: measured default per device and dtype (sfumato.models.memory_format)
+    # UNet/VAE memory layout; None: measured default per network, device and dtype
+    # (sfumato.models.memory_format)
     channels_last: bool | None = None
     # the UNet through torch.compile with freezing, for servers (sfumato.models.compiled_unet)
     torch_compile: bool = False
