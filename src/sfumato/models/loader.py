@@ -39,7 +39,7 @@ from sfumato.models.detect import (
     native_resolution,
 )
 from sfumato.models.files import open_state_dict
-from sfumato.models.memory_format import apply_memory_format, wants_channels_last
+from sfumato.models.memory_format import apply_memory_format, memory_layout, wants_channels_last
 from sfumato.models.stored_weights import compute_dtype, keep_weights_stored
 
 TOKENIZER_PACKAGE = "sfumato.models.data"
@@ -101,13 +101,20 @@ def sd_alphas_cumprod(
 
 
 def _assign(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype | None, what: str
+    module: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype | None,
+    what: str,
+    layout: torch.memory_format = torch.preserve_format,
 ) -> None:
     """Load converted tensors into a meta-initialised module, casting as we go (one copy in RAM).
-    `dtype` None keeps each tensor as the file has it (memory-mapped, no copy: low-memory mode)."""
+    `layout` puts 4-D weights in their compute layout in that same copy (a channels_last VAE would
+    otherwise be copied twice). `dtype` None keeps each tensor as the file has it (memory-mapped, no
+    copy: low-memory mode; the layout is then set later, by `_prepare_for_compute`)."""
     if dtype is not None:
         for key in list(state):
-            state[key] = state[key].to(dtype)
+            tensor = state[key]
+            state[key] = tensor.to(dtype, memory_format=layout if tensor.ndim == 4 else torch.preserve_format)
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
@@ -127,9 +134,15 @@ def _load_unet(sd: Mapping[str, torch.Tensor], info: CheckpointInfo, dtype: torc
 
 
 def load_vae_weights(
-    sd: Mapping[str, torch.Tensor], config: dict, prefix: str, dtype: torch.dtype | None, name: str
+    sd: Mapping[str, torch.Tensor],
+    config: dict,
+    prefix: str,
+    dtype: torch.dtype | None,
+    name: str,
+    layout: torch.memory_format = torch.preserve_format,
 ) -> AutoencoderKL:
-    """An AutoencoderKL from LDM-layout (`encoder.down.*`) or diffusers-layout (`encoder.down_blocks.*`) keys."""
+    """An AutoencoderKL from LDM-layout (`encoder.down.*`) or diffusers-layout (`encoder.down_blocks.*`)
+    keys, its 4-D weights in `layout`."""
     vae = _build(AutoencoderKL, config)
     keys = [k for k in sd if k.startswith(prefix)]
     if any(k.startswith(prefix + "encoder.down_blocks.") for k in keys):
@@ -137,7 +150,7 @@ def load_vae_weights(
     else:
         view = {k: sd[k] for k in keys}
         state = convert_ldm_vae_checkpoint(view, dict(vae.config))
-    _assign(vae, state, dtype, f"{name} (VAE)")
+    _assign(vae, state, dtype, f"{name} (VAE)", layout)
     return vae
 
 
@@ -238,7 +251,8 @@ def load_single_file(
         raise ModelFileError(f"{path}: has no VAE baked in; put one in models/VAE and choose it with --vae")
     load_dtype = None if low_memory else dtype
     unet = _load_unet(sd, info, load_dtype, str(path))
-    vae = load_vae_weights(sd, info.vae_config, "first_stage_model.", load_dtype, str(path))
+    vae_layout = memory_layout(wants_channels_last(device, dtype, channels_last, "vae"))
+    vae = load_vae_weights(sd, info.vae_config, "first_stage_model.", load_dtype, str(path), vae_layout)
     encoders = [_load_text_encoder(sd, spec, load_dtype, str(path)) for spec in info.text_encoders]
     tokenizers = [clip_tokenizer(spec.kind == "open_clip") for spec in info.text_encoders]
     del sd
@@ -379,8 +393,10 @@ def load_vae_file(
     """A standalone VAE (models/VAE, or `x.vae.safetensors` beside a checkpoint)."""
     sd = open_state_dict(path)
     config, prefix = detect_vae_file(sd, family, name=str(path))
-    vae = load_vae_weights(sd, config, prefix, None if low_memory else dtype, str(path))
+    wanted = wants_channels_last(device, dtype, channels_last, "vae")
+    load_dtype = None if low_memory else dtype
+    vae = load_vae_weights(sd, config, prefix, load_dtype, str(path), memory_layout(wanted))
     if low_memory:
         keep_weights_stored(vae, dtype)
-    apply_memory_format([vae], wants_channels_last(device, dtype, channels_last, "vae"))
+    apply_memory_format([vae], wanted)
     return vae.to(device).eval()

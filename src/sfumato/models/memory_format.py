@@ -42,8 +42,12 @@ def wants_channels_last(
     return device.type == "cpu" and (network == "vae" or dtype in HALF)
 
 
+def memory_layout(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def apply_memory_format(modules: list[torch.nn.Module], channels_last: bool) -> None:
-    """Put the modules' 4-D weights in channels_last (or back in the contiguous layout)."""
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    """Put the modules' 4-D weights in channels_last (or back in the contiguous layout); weights
+    already in it are left as they are."""
     for module in modules:
-        module.to(memory_format=layout)
+        module.to(memory_format=memory_layout(channels_last))
