@@ -103,8 +103,9 @@ class Txt2ImgJob:
     ) -> None:
         self.settings = settings
         self.manager = manager or make_manager(settings)
-        base = request_from_png(from_png, self.manager) if from_png else {}
-        self.request = validated(self.request_kind, {**base, **fields})
+        given = {**(request_from_png(from_png, self.manager) if from_png else {}), **fields}
+        recommended = self.manager.recommended_fields(given.get("model"))
+        self.request = validated(self.request_kind, {**recommended, **given})
         resolve_sampler(self.request)  # fail on a bad sampler name before loading any model
         self.out_dir = out_dir
         self.interrupted = False

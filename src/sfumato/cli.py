@@ -107,7 +107,7 @@ def _generation_args(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--sampler", help="sampler name as in A1111 (default DPM++ 2M)")
     p.add_argument("--scheduler", help="schedule type as in A1111 (default Automatic)")
     p.add_argument("--steps", type=int)
-    p.add_argument("--cfg", type=float, help="CFG scale")
+    p.add_argument("--cfg", type=float, help="CFG scale (default: what the model recommends, else 7)")
     p.add_argument("--eta", type=float, help="noise multiplier for ancestral/SDE samplers and DDIM")
     p.add_argument("--seed", type=int, help="-1 for random")
     p.add_argument("--subseed", type=int, help="variation seed")

@@ -28,14 +28,14 @@ def evaluate_checkpoint(
     seed: int = 0,
     steps: int = 20,
     sampler: str = "DPM++ 2M",
-    cfg_scale: float = 7.0,
     fields: dict[str, Any] | None = None,
     reconstruct: bool = False,
 ) -> dict[str, Any]:
     """Generate `count` one-object and `count // 2` two-object held-out prompts at the model's native
-    size and score them with the independent checker. `fields` are request fields for every image (an
-    approximation's, say, or another CFG scale, sampler or step count: they override the arguments),
-    validated before the first image and named in the report.
+    size and score them with the independent checker, at the settings the model recommends
+    (`models.recommended`: the embedded model's CFG scale) and A1111's defaults for the rest. `fields`
+    are request fields for every image (an approximation's, say, or another CFG scale, sampler or step
+    count: they override the arguments), validated before the first image and named in the report.
 
     `short_prompts` scores `count // 4` of the one-object scenes again, prompted as people often write
     ("a red circle on a white background": no size, no position), on what those prompts ask for.
@@ -49,7 +49,8 @@ def evaluate_checkpoint(
     device = pick_device(settings.device)
     manager = ModelManager(settings, device=device, dtype=pick_dtype(device, settings.dtype))
     loaded = manager.load(model)
-    settled = {"steps": steps, "sampler_name": sampler, "cfg_scale": cfg_scale} | fields
+    settled = manager.recommended_fields(model) | {"steps": steps, "sampler_name": sampler} | fields
+    cfg_scale = build_request(**settled).cfg_scale  # validates `fields` before the first image
     prompts = eval_prompts(count, seed=seed, two_objects=False)
     prompts += eval_prompts(count // 2, seed=seed, two_objects=True)
     short = eval_prompts(count // 4, seed=seed, two_objects=False, unnamed=("size", "cell"))
@@ -75,7 +76,7 @@ def evaluate_checkpoint(
         native_size=list(loaded.native_size),
         steps=settled["steps"],
         sampler=settled["sampler_name"],
-        cfg_scale=settled["cfg_scale"],
+        cfg_scale=cfg_scale,
         fields=fields,
         reconstruct=reconstruct,
         seconds_per_image_median=round(sorted(seconds)[len(seconds) // 2], 3),

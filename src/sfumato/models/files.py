@@ -14,6 +14,7 @@ import struct
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -155,3 +156,22 @@ def tensor_shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int,
     if isinstance(state_dict, LazyStateDict):
         return state_dict.shape(key)
     return tuple(state_dict[key].shape)
+
+
+def safetensors_metadata(path: Path) -> dict[str, Any]:
+    """The `__metadata__` of a safetensors header (kohya's `ss_*` keys), JSON values decoded; {} when
+    the file has none or is not safetensors."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return {}
+    decoded: dict[str, Any] = {}
+    for key, value in metadata.items():
+        try:
+            decoded[key] = json.loads(value) if value[:1] in "[{" else value
+        except (json.JSONDecodeError, TypeError):
+            decoded[key] = value
+    return decoded

@@ -12,7 +12,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,7 @@ from sfumato.models.detect import Prediction
 from sfumato.models.files import MODEL_SUFFIXES, PICKLE_SUFFIXES
 from sfumato.models.hashes import HashCache, old_a1111_hash
 from sfumato.models.loader import LoadedModel, load_checkpoint, load_vae_file
+from sfumato.models.recommended import recommended_fields
 from sfumato.models.taesd import TaesdDecoders
 from sfumato.runtime import release_memory
 from sfumato.settings import Settings
@@ -206,6 +207,10 @@ class ModelManager:
         if not query:
             return self.default_checkpoint()
         return resolve_model_path(query, selectable_checkpoints(self.settings), "checkpoint", self.hashes)
+
+    def recommended_fields(self, query: str | None) -> dict[str, Any]:
+        """The request fields the checkpoint `query` names recommends (`models.recommended`)."""
+        return recommended_fields(self.checkpoint_path(query))
 
     def vae_path(self, query: str | None, checkpoint: Path) -> Path | None:
         """None/"Automatic": the side file if any, else the baked-in VAE; "None": always baked-in."""

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sfumato import infotext
 from sfumato.errors import UserError
+from sfumato.models.recommended import RECOMMENDABLE
 from sfumato.pnginfo import read_metadata
 from sfumato.request import GenerationRequest, Img2ImgRequest, validated
 from sfumato.sampling.samplers import SAMPLERS
@@ -149,8 +150,8 @@ def generation_fields(
     kind: type[GenerationRequest] = GenerationRequest,
     forced: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The job's fully resolved request: options < override_settings < the body's own fields <
-    `forced` (what a script sets)."""
+    """The job's fully resolved request: the model's recommended settings < options <
+    override_settings < the body's own fields < `forced` (what a script sets)."""
     overrides = state.options.validated(body.override_settings)
     img2img = issubclass(kind, Img2ImgRequest)
     base = {
@@ -166,7 +167,7 @@ def generation_fields(
         fields["model"] = str(state.checkpoint_in_folders(fields["model"], "model"))
     if fields.get("vae") and fields["vae"].lower() not in ("automatic", "none"):
         fields["vae"] = str(state.vae_in_folders(fields["vae"], "vae"))
-    request = validated(kind, fields)
+    request = validated(kind, {**state.engine.manager.recommended_fields(fields.get("model")), **fields})
     resolve_sampler(request)  # an unknown sampler fails now, not in the queue
     request.seed = resolve_seed(request.seed)
     request.subseed = resolve_seed(request.subseed)
@@ -232,9 +233,14 @@ async def _generate(
     job_request = {**job_request, "save_images": body.save_images, "styles": body.styles}
     job = await state.run_job(kind, job_request)
     images = await run_in_threadpool(state.job_images, job) if body.send_images else []
+    # The body as sent (A1111's echo), except that fields it left to the model's recommendation show
+    # the value used, not the request model's default.
+    generation = job_request["generation"]
+    unset = set(RECOMMENDABLE) - body.model_fields_set
+    used = {field: generation[field] for field in unset if field in generation}
     return {
         "images": images,
-        "parameters": body.model_dump(mode="json"),
+        "parameters": body.model_dump(mode="json") | used,
         "info": json.dumps(job.info or {}),
     }
 

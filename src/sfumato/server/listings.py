@@ -18,12 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
-
 from sfumato.adapters.network_registry import describe_network, network_entries
 from sfumato.errors import UserError
 from sfumato.models.detect import detect_checkpoint
-from sfumato.models.files import SAFETENSORS_SUFFIXES, open_state_dict
+from sfumato.models.files import SAFETENSORS_SUFFIXES, open_state_dict, safetensors_metadata
 from sfumato.models.hashes import HashCache
 from sfumato.models.loader import LoadedModel, _family_of_diffusers
 from sfumato.models.registry import ModelEntry, list_vaes, scan_folder, selectable_checkpoints
@@ -117,25 +115,6 @@ def _entries(settings: Settings, kind: str) -> list[ModelEntry]:
     return [
         e for folder in settings.model_dirs(kind) for e in scan_folder(folder, allow_diffusers_dirs=False)
     ]
-
-
-def safetensors_metadata(path: Path) -> dict[str, Any]:
-    """The `__metadata__` of a safetensors header (kohya's `ss_*` keys), JSON values decoded; {} when
-    the file has none or is not safetensors."""
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError):
-        return {}
-    decoded: dict[str, Any] = {}
-    for key, value in metadata.items():
-        try:
-            decoded[key] = json.loads(value) if value[:1] in "[{" else value
-        except (json.JSONDecodeError, TypeError):
-            decoded[key] = value
-    return decoded
 
 
 LORA_FIELDS = ("family", "kinds", "rank", "alpha", "hash", "trigger_words", "base_model")
