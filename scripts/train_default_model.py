@@ -19,6 +19,10 @@ Stages (each one resumable: re-running the command continues a killed run):
 `--export-checkpoint runs/default/unet/checkpoints/step-001000` exports a checkpoint of a run still
 training (with its EMA weights), to score it on the way.
 
+The exported file recommends a CFG scale (`RECOMMENDED`, with the sweep that chose it), which requests
+that set none then use (`sfumato.models.recommended`). `--restamp FILE` writes the recommendation into
+a model exported before it existed, its tensors untouched: that is how the shipped v8 got it.
+
 The architecture is a miniature SD1: a 3-level VAE (latents 1/4 of the image: 16×16 at the 64-px
 native size), a 64-wide 4-layer CLIP text encoder on the real CLIP tokenizer, and a small UNet whose
 attention follows SD1's conventions (8 heads, conv projections), so `models.detect` infers it from
@@ -28,8 +32,10 @@ CPU; the figures behind each choice are in the comments where they are set.
 Shape figures in those comments dated up to 2026-12-05 were read by the checker's first shape
 classifier (scalar features), which under-read generated shapes: it agreed with a person on 72 of 89
 of v8's shapes. Re-scored with silhouettes (`sfumato.eval.shapes`), the shipped v8 reads, over 200 + 100
-prompts at seed 0 (and seed 1): colour 0.925 (0.9225), shape 0.9425 (0.935), position 0.99 (0.99),
-two objects both right 0.61 (0.55); its VAE round trip reads 1.00 on every attribute. The comparisons
+prompts at seed 0 (and seed 1), at A1111's CFG 7: colour 0.925 (0.9225), shape 0.9425 (0.935),
+position 0.99 (0.99), two objects both right 0.61 (0.55); at its recommended CFG 2: colour 0.98
+(0.9775), shape 0.9525 (0.93), position 0.9975 (0.9925), two objects 0.83 (0.78). Its VAE round trip
+reads 1.00 on every attribute. The figures in the comments were measured at CFG 7. The comparisons
 between recipes in the comments still hold (one checker for each), their absolute shape figures do not.
 """
 
@@ -44,13 +50,14 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sfumato.data.shapes import LABEL_CLASSES, dataset_labels, write_dataset
 from sfumato.devices import bf16_autocast_helps, pick_device
 from sfumato.models.ldm_export import pipeline_to_single_file, save_single_file
 from sfumato.models.loader import clip_tokenizer, load_checkpoint, sd_alphas_cumprod
+from sfumato.models.recommended import RECOMMENDED_KEY
 from sfumato.training import (
     EMA,
     CaptionLabelObjective,
@@ -67,6 +74,15 @@ from sfumato.training import (
 
 RESOLUTION = 64
 TEXT_WIDTH = 64
+# The settings the exported file recommends (`sfumato.models.recommended`): users who leave the CFG
+# scale unset get this one. Swept on v8 (2026-12-05; `sfumato eval shapes --count 200 --set cfg_scale=N`,
+# seeds 0 and 1; two objects both right, then colour and shape of one object, seed 0):
+#   CFG 9: 0.53 (seed 0 only), 0.91, 0.92;  7 (A1111's default): 0.61 / 0.55, 0.925, 0.94;
+#   5.5: 0.69 / 0.64;  4: 0.73 / 0.68, 0.95, 0.945;  3: 0.77 / 0.75, 0.96, 0.945;  2.5: 0.78 / 0.74;
+#   2: 0.83 / 0.78, 0.98, 0.95;  1.5: 0.72 / 0.76, 0.985, 0.91 (shapes blur below 2).
+# Strong guidance over-drives this small model: it leaks one object's colour into the other and drops
+# or doubles objects. The one-object attributes gain too.
+RECOMMENDED = {"cfg_scale": 2.0}
 
 
 def build_networks(seed: int) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
@@ -298,10 +314,20 @@ def export(
         "modelspec.prediction_type": "epsilon",
         "modelspec.title": "sfumato shapes (default model)",
         "sfumato.recipe": json.dumps(recipe, default=str),
+        RECOMMENDED_KEY: json.dumps(RECOMMENDED),
         "sfumato.vae_scaling_factor": str(vae.config.scaling_factor),
         "sfumato.vae_norm_num_groups": str(vae.config.norm_num_groups),
     }
     return save_single_file(state, path, dtype=torch.float16, metadata=metadata)
+
+
+def restamp_recommended(path: Path) -> None:
+    """Write `RECOMMENDED` into a model this script exported before; its tensors stay as they are."""
+    with safe_open(str(path), framework="pt") as source:
+        metadata = source.metadata() or {}
+    save_file(
+        load_file(str(path)), str(path), metadata={**metadata, RECOMMENDED_KEY: json.dumps(RECOMMENDED)}
+    )
 
 
 def trained_vae(vae: AutoencoderKL, vae_dir: Path) -> AutoencoderKL:
@@ -363,7 +389,15 @@ def main() -> None:
         type=Path,
         help="only export this UNet-stage checkpoint folder (to score a run while it trains)",
     )
+    parser.add_argument(
+        "--restamp",
+        type=Path,
+        help="only write this script's recommended settings into a model it exported before",
+    )
     args = parser.parse_args()
+    if args.restamp is not None:
+        restamp_recommended(args.restamp)
+        return
     torch.set_num_threads(args.threads)
     started = time.time()
     data_root = args.out / "data"
@@ -396,7 +430,7 @@ def main() -> None:
     train_unet(vae, text_encoder, unet, data, cache, unet_dir, args.unet_steps, args.seed)
     load_unet_stage(unet_dir / "model.safetensors", unet)
     minutes = (time.time() - started) / 60
-    recipe = {k: v for k, v in vars(args).items() if k != "export_checkpoint"} | {
+    recipe = {k: v for k, v in vars(args).items() if k not in ("export_checkpoint", "restamp")} | {
         "vae_minutes": _vae_minutes(args.vae_from, args.out),
         "text_minutes": round(_trained_seconds(args.out / "text") / 60, 1),
         "unet_minutes": round(_trained_seconds(unet_dir) / 60, 1),
