@@ -9,12 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from sfumato.errors import UserError
+from sfumato.output_files import output_temp_file
 from sfumato.pnginfo import pnginfo_for
 
 LEADING_NUMBER = re.compile(r"^(\d+)-")
@@ -40,7 +40,7 @@ def save_png(image: Image.Image, folder: Path, seed: int | None, parameters: str
     `parameters` in a tEXt/iTXt chunk."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".saving-", suffix=".png")
+        fd, tmp_name = output_temp_file(folder, ".png")
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:

@@ -4,13 +4,13 @@ and loop count of their source."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from sfumato.errors import UserError
 from sfumato.imaging.video import is_video, write_video
+from sfumato.output_files import output_temp_file
 
 FORMATS = {".gif": "GIF", ".png": "PNG", ".apng": "PNG", ".webp": "WEBP"}
 
@@ -26,7 +26,7 @@ def save_animation(frames: list[Image.Image], durations: list[int], loop: int, p
     if fmt is None:
         path, fmt = path.with_suffix(".gif"), "GIF"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".saving-", suffix=path.suffix)
+    fd, tmp = output_temp_file(path.parent, path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             frames[0].save(

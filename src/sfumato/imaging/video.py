@@ -9,7 +9,6 @@ the one before it. Audio is not carried over: the frames change, so the sound wo
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from PIL import Image
 
 from sfumato.errors import UserError
 from sfumato.imaging.files import MAX_PIXELS
+from sfumato.output_files import output_temp_file
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi")
 MAX_FRAMES = 3000  # about two minutes at 25 fps; each frame is one img2img job
@@ -84,7 +84,7 @@ def write_video(frames: list[Image.Image], durations: list[int], path: Path) -> 
     written to a temporary file first so a failed write leaves nothing half-made."""
     av = _av()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".saving-", suffix=path.suffix)
+    fd, tmp = output_temp_file(path.parent, path.suffix)
     os.close(fd)
     first = _even(frames[0])
     mean_ms = sum(durations) / len(durations)
