@@ -224,3 +224,16 @@ def test_the_embedded_model_is_the_default_when_no_checkpoint_is_found(tmp_path,
     (tmp_path / "models/Stable-diffusion").mkdir(parents=True)
     shutil.copy(tiny_models["sd1"][0], tmp_path / "models/Stable-diffusion/mine.safetensors")
     assert manager.default_checkpoint().name == "mine.safetensors"  # a user's checkpoint comes first
+
+
+def test_prefetch_is_only_advice_and_never_fails(tmp_path):
+    """The loader asks the OS to read a checkpoint ahead; a path that cannot be opened is left to the
+    real open to report, and the file's contents are untouched."""
+    from sfumato.models.files import prefetch
+
+    prefetch(tmp_path / "missing.safetensors")
+    prefetch(tmp_path)  # a folder
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"0123")
+    prefetch(path)
+    assert path.read_bytes() == b"0123"

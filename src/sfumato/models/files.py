@@ -9,6 +9,7 @@ never run (InvokeAI CVE-2024-12029 is the lesson).
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 import zipfile
@@ -149,6 +150,28 @@ def open_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     if suffix in PICKLE_SUFFIXES:
         return load_pickled_state_dict(path)
     raise ModelFileError(f"{path}: unsupported file type {suffix!r} (expected {', '.join(MODEL_SUFFIXES)})")
+
+
+def prefetch(path: Path) -> None:
+    """Ask the kernel to read the whole file into the page cache, sequentially and in the background.
+
+    For loaders that will read every tensor: the converters take a checkpoint's tensors in their own
+    order, not the file's, so a memory-mapped file on a cold page cache would be read in scattered
+    small pieces. Measured (2026-12-05, SD1.5 fp16 single file, cache dropped before each load, load
+    to fp32): 3.5-10.8 s (median 4.6) without, 2.9-6.2 s (median 3.7) with; diffusers' 3.7-5.4 s
+    (median 3.8). A no-op where the OS has no such advice, and cheap when the file is cached already."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # opening it for real reports the problem
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass  # advice only
+    finally:
+        os.close(descriptor)
 
 
 def tensor_shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:

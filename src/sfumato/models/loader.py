@@ -38,7 +38,7 @@ from sfumato.models.detect import (
     detect_vae_file,
     native_resolution,
 )
-from sfumato.models.files import open_state_dict
+from sfumato.models.files import open_state_dict, prefetch
 from sfumato.models.memory_format import apply_memory_format, memory_layout, wants_channels_last
 from sfumato.models.stored_weights import compute_dtype, keep_weights_stored
 
@@ -245,6 +245,7 @@ def load_single_file(
     """Load an A1111/CompVis single-file checkpoint (.safetensors, or a weights-only .ckpt).
     `low_memory`: weights stay as the file stores them (`sfumato.models.stored_weights`);
     `channels_last`: the UNet's and VAE's layout (None: each `memory_format.wants_channels_last`)."""
+    prefetch(path)
     sd = open_state_dict(path)
     info = detect_checkpoint(sd, name=str(path))
     if info.vae_config is None:
