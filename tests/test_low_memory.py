@@ -1,4 +1,5 @@
-"""Low-memory mode: fp16 checkpoints stay fp16 in memory, upcast per layer, with the normal mode's pixels."""
+"""Low-memory mode: fp16 checkpoints stay fp16 in RAM, brought to the compute dtype and device per layer,
+with the normal mode's pixels."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from sfumato.cli import main
 from sfumato.models.loader import load_checkpoint
-from sfumato.models.stored_weights import compute_dtype, stored_bytes
+from sfumato.models.stored_weights import UPCAST_LAYERS, compute_device, compute_dtype, stored_bytes
 from sfumato.request import build_request
 from sfumato.tasks.txt2img import generate
 from sfumato.testing.tiny_models import write_diffusers_folder, write_single_file
@@ -95,3 +96,31 @@ def test_cli_flag_gives_the_same_image(tmp_path, half_file, capsys):
         outputs.append(np.asarray(Image.open(png).convert("RGB")))
     capsys.readouterr()
     assert np.array_equal(outputs[0], outputs[1])
+
+
+def test_on_another_device_weights_rest_in_ram_and_visit_it_one_layer_at_a_time(half_file):
+    """The GPU form (offload), run here with the meta device standing in for the GPU: every network
+    computes there, while its large weights stay the file's fp16 tensors in RAM between calls."""
+    meta = torch.device("meta")
+    low = load_checkpoint(half_file, device=meta, dtype=torch.float32, low_memory=True)
+    networks = (low.unet, low.vae, *low.text_encoders)
+    layers = [m for net in networks for m in net.modules() if isinstance(m, UPCAST_LAYERS)]
+    resting = {id(m): m.weight.data_ptr() for m in layers}
+    assert {(m.weight.device, m.weight.dtype) for m in layers} == {(CPU, torch.float16)}
+    hooked = {id(p) for m in layers for p in m.parameters()}
+    others = [t for net in networks for t in [*net.parameters(), *net.buffers()] if id(t) not in hooked]
+    assert others and {t.device for t in others} == {meta}
+    assert {compute_device(net) for net in networks} == {meta}
+
+    visits: list[tuple[torch.device, torch.dtype]] = []
+    for layer in layers:  # registered after the loader's hook: sees what the layer computes with
+        layer.register_forward_pre_hook(lambda m, args: visits.append((m.weight.device, m.weight.dtype)))
+    context = low.text_encoders[0](torch.zeros(1, 77, dtype=torch.long, device=meta)).last_hidden_state
+    latents = torch.randn(2, 4, 8, 8, device=meta)
+    timestep = torch.tensor([10.0], device=meta)
+    denoised = low.unet(latents, timestep, encoder_hidden_states=context.expand(2, -1, -1)).sample
+    decoded = low.vae.decode(denoised).sample
+    assert decoded.device == meta and decoded.shape == (2, 3, 64, 64)
+    assert low.vae.encode(decoded).latent_dist.mean.shape == latents.shape
+    assert len(visits) >= len(layers) and set(visits) == {(meta, torch.float32)}
+    assert all(m.weight.device == CPU and m.weight.data_ptr() == resting[id(m)] for m in layers)

@@ -36,8 +36,9 @@ def _add_low_memory(parser: argparse.ArgumentParser) -> None:
         "--low-memory",
         action="store_const",
         const=True,
-        help="keep weights in the checkpoint's half precision, upcast per layer: about half the RAM, "
-        "same pixels, a little slower",
+        help="keep weights in RAM as the checkpoint stores them and bring each layer to the compute "
+        "precision and device for its own forward only: about half the RAM on a CPU, one layer's "
+        "weights on a GPU; same pixels, a little slower",
     )
 
 

@@ -48,7 +48,8 @@ class Settings(BaseModel):
     dtype: str | None = None  # None: follows the device (fp16 on cuda/mps, fp32 on cpu)
     default_model: str | None = None  # name or path; None: the first checkpoint found, else the embedded one
     threads: int | None = None  # CPU threads for torch; None: torch's choice
-    # Weights stay in the checkpoint's half precision, upcast layer by layer (sfumato.models.stored_weights)
+    # Weights rest in RAM in the checkpoint's precision, brought to the compute dtype and device layer by
+    # layer (sfumato.models.stored_weights): half the RAM on a CPU, offload on a GPU
     low_memory: bool = False
     # UNet/VAE memory layout; None: measured default per network, device and dtype
     # (sfumato.models.memory_format)

@@ -40,7 +40,7 @@ from sfumato.models.detect import (
 )
 from sfumato.models.files import open_state_dict, prefetch
 from sfumato.models.memory_format import apply_memory_format, memory_layout, wants_channels_last
-from sfumato.models.stored_weights import compute_dtype, keep_weights_stored
+from sfumato.models.stored_weights import compute_device, compute_dtype, keep_weights_stored
 
 TOKENIZER_PACKAGE = "sfumato.models.data"
 
@@ -209,11 +209,20 @@ def _is_resblock_at_or_after(key: str, prefix: str, index: int) -> bool:
 def guess_sd2_prediction(unet: UNet2DConditionModel) -> Prediction:
     """SD2 768-v and 512-eps share one architecture. As A1111 does, run the UNet once on a flat grey
     input at the noisiest timestep: a v-model's output then sits far below its input, an eps-model's not."""
-    device, dtype = next(unet.parameters()).device, compute_dtype(unet)
+    device, dtype = compute_device(unet), compute_dtype(unet)
     x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=device, dtype=dtype)
     context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=device, dtype=dtype)
     out = unet(x, torch.tensor([999], device=device), encoder_hidden_states=context).sample
     return "v_prediction" if (out - x[:, :4]).float().mean().item() < -1 else "epsilon"
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, low_memory: bool) -> None:
+    """Put a loaded network where it computes: whole on `device`, or in low-memory mode with its large
+    weights left where they rest, brought in layer by layer (`sfumato.models.stored_weights`)."""
+    if low_memory:
+        keep_weights_stored(module, dtype, device)
+    else:
+        module.to(device)
 
 
 def _prepare_for_compute(
@@ -225,10 +234,10 @@ def _prepare_for_compute(
     low_memory: bool,
     channels_last: bool | None,
 ) -> None:
-    """What every loader does once the weights are in: low-memory upcast hooks, memory layouts."""
-    if low_memory:
-        for module in (unet, vae, *encoders):
-            keep_weights_stored(module, dtype)
+    """What every loader does once the weights are in: placement (low-memory hooks), memory layouts."""
+    for module in (unet, vae, *encoders):
+        _place(module, device, dtype, low_memory)
+        module.eval()
     apply_memory_format([unet], wants_channels_last(device, dtype, channels_last, "unet"))
     apply_memory_format([vae], wants_channels_last(device, dtype, channels_last, "vae"))
 
@@ -258,7 +267,6 @@ def load_single_file(
     tokenizers = [clip_tokenizer(spec.kind == "open_clip") for spec in info.text_encoders]
     del sd
     _prepare_for_compute(unet, vae, encoders, device, dtype, low_memory, channels_last)
-    unet.to(device)
     pred = prediction or info.prediction or guess_sd2_prediction(unet)
     return LoadedModel(
         name=path.stem,
@@ -266,9 +274,9 @@ def load_single_file(
         family=info.family,
         variant=info.variant,
         prediction=pred,
-        unet=unet.eval(),
-        vae=vae.to(device).eval(),
-        text_encoders=[te.to(device).eval() for te in encoders],
+        unet=unet,
+        vae=vae,
+        text_encoders=encoders,
         tokenizers=tokenizers,
         device=device,
         dtype=dtype,
@@ -347,9 +355,9 @@ def load_diffusers_folder(
         family=family,
         variant=variant,
         prediction=pred,
-        unet=unet.to(device).eval(),
-        vae=vae.to(device).eval(),
-        text_encoders=[te.to(device).eval() for te in encoders],
+        unet=unet,
+        vae=vae,
+        text_encoders=encoders,
         tokenizers=tokenizers,
         device=device,
         dtype=dtype,
@@ -397,7 +405,6 @@ def load_vae_file(
     wanted = wants_channels_last(device, dtype, channels_last, "vae")
     load_dtype = None if low_memory else dtype
     vae = load_vae_weights(sd, config, prefix, load_dtype, str(path), memory_layout(wanted))
-    if low_memory:
-        keep_weights_stored(vae, dtype)
+    _place(vae, device, dtype, low_memory)
     apply_memory_format([vae], wanted)
-    return vae.to(device).eval()
+    return vae.eval()
