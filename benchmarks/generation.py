@@ -319,8 +319,10 @@ def role_approximations(steps: int, size: int, approximations: dict[str, dict[st
     }
 
 
-def role_compiled(steps: int, size: int, cache_dir: str, images: int, eager_first: bool) -> dict[str, Any]:
-    """txt2img as `sfumato serve --compile` runs it: the UNet through torch.compile with freezing. The
+def role_compiled(
+    scenario: str, steps: int, size: int, hires_steps: int, cache_dir: str, images: int, eager_first: bool
+) -> dict[str, Any]:
+    """txt2img or hires fix (two latent shapes: two compiles) as `sfumato serve --compile` runs it: the UNet through torch.compile with freezing. The
     first compiled image pays the compile; later ones are a warm server's per-image time. With
     `eager_first`, one eager image first: the same process's exact reference (time and PSNR).
     `cache_dir`: inductor's cache (a cold compile when empty, a cached one when a run filled it).
@@ -328,14 +330,14 @@ def role_compiled(steps: int, size: int, cache_dir: str, images: int, eager_firs
     from sfumato.models.compiled_unet import CompiledUNet
     from sfumato.tasks.common import RunControl
 
-    model, load_s = load_ours("txt2img")
-    request = ours_request("txt2img", steps, size, 0, {})
+    model, load_s = load_ours(scenario)
+    request = ours_request(scenario, steps, size, hires_steps, {})
 
     def timed() -> tuple[Any, dict[str, Any]]:
         marks: list[float] = []
         control = RunControl(on_step=lambda progress: marks.append(time.perf_counter()))
         start = time.perf_counter()
-        image = run_ours(model, "txt2img", request, control)
+        image = run_ours(model, scenario, request, control)
         intervals = [b - a for a, b in itertools.pairwise(marks)]
         return image, {
             "image_s": time.perf_counter() - start,
@@ -369,7 +371,9 @@ def main(argv: list[str]) -> None:
     elif role == "diffusers":
         result = role_diffusers(scenario, steps, size, hires_steps)
     elif role == "compiled":
-        result = role_compiled(steps, size, argv[5], int(argv[6]), argv[7] == "eager-first")
+        result = role_compiled(
+            scenario, steps, size, hires_steps, argv[5], int(argv[6]), argv[7] == "eager-first"
+        )
     else:
         result = role_approximations(steps, size, json.loads(argv[5]))
     print(json.dumps(result))

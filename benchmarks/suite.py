@@ -15,6 +15,7 @@ Parts (see benchmarks/README.md for every field):
 - `compiled`: txt2img with the UNet through torch.compile (freezing), as `serve --compile` runs it:
   compile time with a cold and with a kept cache, the warm per-image time against the same process's
   eager image and against diffusers' (from the `txt2img` part of the same run), PSNR against eager;
+  `compiled_hires` the same for the hires fix (two image shapes, so two compiles per process);
 - `lora`: apply/remove a rank-32 LoRA on 308 layers, ours against diffusers (peft), and a merge;
 - `server`: `sfumato serve` from spawn to first image.
 
@@ -38,7 +39,8 @@ from generation import SCENARIO_MODELS
 from harness import HERE, OUT_DIR, abba, log, machine, median_of, ratios, run_child, versions, warm_page_cache
 
 SCENARIOS = ("txt2img", "img2img", "hires", "sdxl")
-PARTS = ("peak", "compute_modes", "profile", *SCENARIOS, "approximations", "compiled", "lora", "server")
+COMPILED_PARTS = {"compiled": "txt2img", "compiled_hires": "hires"}
+PARTS = ("peak", "compute_modes", "profile", *SCENARIOS, "approximations", *COMPILED_PARTS, "lora", "server")
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
@@ -185,21 +187,28 @@ def approximations(settings: dict[str, Any], diffusers_image_s: float | None) ->
 
 
 def compiled(
-    settings: dict[str, Any], diffusers_image_s: float | None, peak: dict[str, Any] | None
+    scenario: str, settings: dict[str, Any], diffusers_image_s: float | None, peak: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """The compiled path twice: with an emptied inductor cache (eager reference image, then three
-    compiled images), then with the cache that run left (one image: the cached compile's cost)."""
+    """The compiled path twice: with an emptied inductor cache (eager reference image, then compiled
+    images: three of txt2img, two of the slower hires fix), then with the cache that run left (one
+    image: the cached compile's cost)."""
     cache = OUT_DIR / "compile-cache"
     shutil.rmtree(cache, ignore_errors=True)
-    common = ["compiled", "txt2img", str(settings["steps"]), str(settings["size"]), "0", str(cache)]
-    cold = run_child(HERE / "generation.py", [*common, "3", "eager-first"], "compiled, cold cache")
-    warm = run_child(HERE / "generation.py", [*common, "1", "compiled-only"], "compiled, kept cache")
+    shape = [str(settings["steps"]), str(settings["size"]), str(settings.get("hires_steps", 0))]
+    common = ["compiled", scenario, *shape, str(cache)]
+    images = "3" if scenario == "txt2img" else "2"
+    cold = run_child(
+        HERE / "generation.py", [*common, images, "eager-first"], f"compiled {scenario}, cold cache"
+    )
+    warm = run_child(
+        HERE / "generation.py", [*common, "1", "compiled-only"], f"compiled {scenario}, kept cache"
+    )
     result: dict[str, Any] = {"settings": settings, "cold_cache": cold, "kept_cache": warm}
     result["warm_image_over_eager"] = round(cold["warm_image_s"] / cold["eager"]["image_s"], 3)
     if diffusers_image_s:
         result["warm_image_over_diffusers"] = round(cold["warm_image_s"] / diffusers_image_s, 3)
-    flops = peak["flops"].get(f"{SCENARIO_MODELS['txt2img']}@{settings['size']}") if peak else None
-    if flops:
+    flops = peak["flops"].get(f"{SCENARIO_MODELS[scenario]}@{settings['size']}") if peak else None
+    if flops and scenario == "txt2img":  # a hires image's steps run at two sizes
         # a step interval is the UNet call plus the sampler's update: a lower bound on the UNet's rate
         gflops = flops["unet_call_tflop"] * 1e3 / cold["warm_step_interval_min_s"]
         result["unet_gflops_at_least"] = round(gflops, 1)
@@ -230,14 +239,15 @@ def headline(report: dict[str, Any]) -> list[str]:
                 f"  ratio {r['image_s']}  load ratio {r['load_s']}  RSS ratio {r['peak_rss_gib']}"
                 f"  UNet share of fp32 peak {report[name]['ours'].get('unet_share_of_fp32_peak')}"
             )
-    compiled_part = report.get("compiled", {})
-    if "warm_image_over_eager" in compiled_part:
-        cold, kept = compiled_part["cold_cache"], compiled_part["kept_cache"]
-        lines.append(
-            f"compiled warm image {cold['warm_image_s']:.2f} s: ×{compiled_part['warm_image_over_eager']} eager, "
-            f"×{compiled_part.get('warm_image_over_diffusers')} diffusers; compile {sum(cold['compile_s']):.1f} s "
-            f"cold, {sum(kept['compile_s']):.1f} s with the kept cache"
-        )
+    for part in COMPILED_PARTS:
+        compiled_part = report.get(part, {})
+        if "warm_image_over_eager" in compiled_part:
+            cold, kept = compiled_part["cold_cache"], compiled_part["kept_cache"]
+            lines.append(
+                f"{part} warm image {cold['warm_image_s']:.2f} s: ×{compiled_part['warm_image_over_eager']} eager, "
+                f"×{compiled_part.get('warm_image_over_diffusers')} diffusers; compile {sum(cold['compile_s']):.1f} s "
+                f"cold, {sum(kept['compile_s']):.1f} s with the kept cache"
+            )
     for name, entry in report.get("approximations", {}).get("approximations", {}).items():
         lines.append(f"approx {name:18s} ×{entry['speedup_vs_exact']} PSNR {entry['psnr_db']} dB")
     return lines
@@ -277,7 +287,7 @@ def main() -> None:
         report["wall_s"] = round(time.perf_counter() - started, 1)
         out.write_text(json.dumps(report, indent=2) + "\n")
 
-    if "peak" in parts or any(p in parts for p in (*SCENARIOS, "compiled")):
+    if "peak" in parts or any(p in parts for p in (*SCENARIOS, *COMPILED_PARTS)):
         sizes: dict[str, list[int]] = {}
         for name in SCENARIOS:
             sizes.setdefault(SCENARIO_MODELS[name], []).append(settings[name]["size"])
@@ -303,9 +313,10 @@ def main() -> None:
     if "approximations" in parts:
         diffusers_s = report.get("txt2img", {}).get("diffusers", {}).get("image_s")
         measure("approximations", lambda: approximations(settings["approximations"], diffusers_s))
-    if "compiled" in parts:
-        diffusers_s = report.get("txt2img", {}).get("diffusers", {}).get("image_s")
-        measure("compiled", lambda: compiled(settings["txt2img"], diffusers_s, peak))
+    for part, name in COMPILED_PARTS.items():
+        if part in parts:
+            theirs = report.get(name, {}).get("diffusers", {}).get("image_s")
+            measure(part, lambda name=name, theirs=theirs: compiled(name, settings[name], theirs, peak))
     if "lora" in parts:
         measure("lora", lambda: lora(settings["lora_repeats"]))
     if "server" in parts:
