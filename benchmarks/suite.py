@@ -65,13 +65,21 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Each opt-in approximation as request fields (alone), then all of them together.
+# Each opt-in approximation as request fields (alone), then combinations.
 APPROXIMATIONS: dict[str, dict[str, Any]] = {
     "ngms": {"s_min_uncond": 3.0},  # A1111's "Negative Guidance minimum sigma", odd steps below sigma 3
     "tome": {"token_merging_ratio": 0.5},  # A1111's token merging through tomesd
     "deepcache": {"deepcache_interval": 3},  # the full UNet every 3rd step, the shallow branch between
+    "deepcache_2": {"deepcache_interval": 2},  # every other step
     "taesd_decode": {"sd_vae_decode_method": "TAESD"},  # final decode with a TAESD-architecture decoder
     "bf16": {"dtype": "bf16"},  # --dtype bf16: bf16 weights and compute, channels_last (AMX CPUs)
+}
+_ALL = {**APPROXIMATIONS["ngms"], **APPROXIMATIONS["tome"], **APPROXIMATIONS["deepcache"]}
+COMBINATIONS: dict[str, dict[str, Any]] = {
+    "all_together": {**_ALL, **APPROXIMATIONS["taesd_decode"]},
+    "all_together_bf16": {**_ALL, **APPROXIMATIONS["taesd_decode"], "dtype": "bf16"},
+    # the two least costly in the embedded model's checker accuracy (benchmarks/README.md)
+    "bf16_deepcache_2": {"deepcache_interval": 2, "dtype": "bf16"},
 }
 
 # Scenarios also run once with sfumato's low-memory mode (weights kept fp16, upcast per layer).
@@ -166,8 +174,7 @@ def scenario(
 
 
 def approximations(settings: dict[str, Any], diffusers_image_s: float | None) -> dict[str, Any]:
-    combined = {k: v for fields in APPROXIMATIONS.values() for k, v in fields.items() if k != "dtype"}
-    chosen = {**APPROXIMATIONS, "all_together": combined, "all_together_bf16": {**combined, "dtype": "bf16"}}
+    chosen = {**APPROXIMATIONS, **COMBINATIONS}
     arguments = [
         "approximations",
         "txt2img",
