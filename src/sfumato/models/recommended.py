@@ -1,7 +1,7 @@
 """Generation settings a checkpoint recommends, for the request fields its user leaves unset.
 
 Why: the best CFG scale is a property of the model, not of the tool. Distilled models (Turbo,
-Lightning) want CFG 1-2; sfumato's own small default model follows two-object prompts best near CFG 4
+Lightning) want CFG 1-2; sfumato's own small default model follows two-object prompts best at CFG 2
 (`scripts/train_default_model.py` gives the sweep). InvokeAI keeps such "default settings" per model in
 its model manager; here they travel inside the file, as the safetensors metadata key
 `sfumato.recommended` (a JSON object of request fields), so a copied file keeps them.
